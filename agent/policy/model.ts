@@ -1,0 +1,204 @@
+// The allow-list model: policies resolved across files (groups expanded, ports parsed, devices
+// checked against the gateway), ready to compile. Cross-file mistakes are found here.
+import { createHash } from 'node:crypto';
+import { ConfigError, formatPath, type Diagnostic, type SourceRef } from '../config/diagnostics.js';
+import type { LoadedConfig } from '../config/load.js';
+import type { Device, GatewayConfig, PortSpec } from '../config/schema.js';
+import { locate, type YamlSource } from '../config/yaml-source.js';
+import { contains, familyOf, parseAddress, parsePrefix, type AddrRange, type Family } from './net.js';
+
+export type Direction = 'inbound' | 'outbound';
+export type Proto = 'tcp' | 'udp' | 'icmp';
+export type PortRange = readonly [number, number];
+
+export interface ResolvedEntry {
+  /** "<device>/allow[<i>]": how rules, counters and logs name the entry. */
+  id: string;
+  src: SourceRef;
+  direction: Direction;
+  proto: Proto;
+  /** Empty for icmp. */
+  ports: PortRange[];
+  peer: string;
+  /** The peer's addresses, both families; the compiler uses those of the device's families. */
+  peers: AddrRange[];
+  comment?: string;
+}
+
+export interface ResolvedDevice {
+  id: string;
+  src: SourceRef;
+  class: string;
+  criticality: Device['criticality'];
+  mode: Device['mode'];
+  failMode: Device['failMode'];
+  addresses: Partial<Record<Family, bigint>>;
+  mac?: string;
+  entries: ResolvedEntry[];
+}
+
+export interface Model {
+  gateway: GatewayConfig;
+  devices: ResolvedDevice[];
+  management: AddrRange[];
+  segments: AddrRange[];
+  /** sha256 of the canonical configuration: what the ruleset was compiled from. */
+  hash: string;
+  warnings: Diagnostic[];
+}
+
+function ranges(cidrs: readonly string[]): AddrRange[] {
+  return cidrs.flatMap((c) => {
+    const r = parsePrefix(c);
+    return r.ok ? [r.range] : [];
+  });
+}
+
+export function parsePorts(specs: readonly PortSpec[]): PortRange[] {
+  return specs.map((p) => {
+    if (typeof p === 'number') return [p, p] as const;
+    const [lo, hi = lo] = p.split('-').map(Number) as [number, number?];
+    return [lo, hi] as const;
+  });
+}
+
+/** Resolves and cross-checks loaded configuration. Throws ConfigError listing every error. */
+export function buildModel(loaded: LoadedConfig): Model {
+  const gw = loaded.gateway.config;
+  const diags: Diagnostic[] = [];
+  const at = (src: YamlSource, path: PropertyKey[], severity: Diagnostic['severity'], message: string, key?: string) =>
+    diags.push({ ...locate(src, path, key), severity, field: formatPath(key ? [...path, key] : path), message });
+
+  const segments = ranges(gw.deviceSegments);
+  const management = ranges(gw.management.networks);
+
+  // Peer groups are one namespace across all policy files.
+  const groups = new Map<string, { members: AddrRange[]; src: SourceRef }>();
+  for (const { source, policy } of loaded.policies) {
+    for (const [name, group] of Object.entries(policy.groups)) {
+      const prev = groups.get(name);
+      if (prev) {
+        at(source, ['groups'], 'error', `group "${name}" is already defined at ${prev.src.file}:${prev.src.line}`, name);
+        continue;
+      }
+      groups.set(name, { members: ranges(group.members), src: locate(source, ['groups'], name) });
+    }
+  }
+
+  const devices: ResolvedDevice[] = [];
+  const ids = new Map<string, SourceRef>();
+  const owners = new Map<string, string>(); // address or MAC -> device id
+  for (const { source, policy } of loaded.policies) {
+    policy.devices.forEach((d, di) => {
+      const base = ['devices', di];
+      const src = locate(source, base);
+      const prev = ids.get(d.id);
+      if (prev) at(source, [...base, 'id'], 'error', `device id "${d.id}" is already used at ${prev.file}:${prev.line}`);
+      else ids.set(d.id, src);
+
+      const addresses: Partial<Record<Family, bigint>> = {};
+      for (const family of ['ipv4', 'ipv6'] as const) {
+        const text = d[family];
+        if (text === undefined) continue;
+        const parsed = parseAddress(text);
+        if (!parsed) continue;
+        addresses[family] = parsed.value;
+        const host: AddrRange = { family, lo: parsed.value, hi: parsed.value };
+        if (!segments.some((s) => contains(s, host))) {
+          at(source, [...base, family], 'error', `${text} is outside the device segments (${gw.deviceSegments.join(', ')}) of the gateway file`);
+        }
+        if (management.some((m) => contains(m, host))) {
+          at(source, [...base, family], 'error', `${text} lies in a management network; management networks are never segmented`);
+        }
+        const key = `${family}:${parsed.value}`;
+        const other = owners.get(key);
+        if (other) at(source, [...base, family], 'error', `${text} is already the address of device "${other}"`);
+        else owners.set(key, d.id);
+      }
+      if (d.mac !== undefined) {
+        const key = `mac:${d.mac.toLowerCase()}`;
+        const other = owners.get(key);
+        if (other) at(source, [...base, 'mac'], 'error', `${d.mac} is already the MAC of device "${other}"`);
+        else owners.set(key, d.id);
+      }
+      if (d.ipv4 === undefined && d.ipv6 === undefined) {
+        at(source, base, 'error', 'a device needs an ipv4 or an ipv6 address (or both)');
+      }
+      if (d.criticality === 'life-critical' && d.failMode === 'closed') {
+        at(source, [...base, 'failMode'], 'warning', 'a life-critical device with failMode closed is cut off when its policy cannot be enforced');
+      }
+      if (d.mode === 'enforce' && d.allow.length === 0) {
+        at(source, [...base, 'mode'], 'warning', `device "${d.id}" enforces an empty allow-list: all its new connections are dropped`);
+      }
+
+      const entries: ResolvedEntry[] = [];
+      d.allow.forEach((e, ei) => {
+        const path = [...base, 'allow', ei];
+        const before = diags.filter((x) => x.severity === 'error').length;
+        if (e.proto === 'icmp' && e.ports !== undefined) {
+          at(source, [...path, 'ports'], 'error', 'icmp has no ports; remove "ports" or use tcp or udp');
+        }
+        if (e.proto !== 'icmp' && (e.ports === undefined || e.ports.length === 0)) {
+          at(source, path, 'error', `${e.proto} needs "ports" (a list of ports or "low-high" ranges)`);
+        }
+        let peers: AddrRange[] = [];
+        if (familyOf(e.peer.split('/')[0] ?? '') !== undefined) {
+          const r = parsePrefix(e.peer);
+          if (!r.ok) at(source, [...path, 'peer'], 'error', r.reason);
+          else peers = [r.range];
+        } else {
+          const g = groups.get(e.peer);
+          if (!g) {
+            const known = [...groups.keys()].sort().join(', ') || 'none defined';
+            at(source, [...path, 'peer'], 'error', `unknown peer group "${e.peer}" (groups: ${known}); a peer is a group name, an address or a CIDR`);
+          } else peers = g.members;
+        }
+        const families = Object.keys(addresses) as Family[];
+        if (peers.length > 0 && !peers.some((p) => families.includes(p.family))) {
+          at(source, [...path, 'peer'], 'error', `"${e.peer}" has no ${families.join(' or ')} address, the device's address family`);
+        }
+        if (peers.some((p) => p.lo === 0n && p.hi === (p.family === 'ipv4' ? 0xffffffffn : (1n << 128n) - 1n))) {
+          at(source, [...path, 'peer'], 'warning', `"${e.peer}" allows any host`);
+        }
+        if (diags.filter((x) => x.severity === 'error').length > before) return;
+        entries.push({
+          id: `${d.id}/allow[${ei}]`,
+          src: locate(source, path),
+          direction: e.direction,
+          proto: e.proto,
+          ports: e.proto === 'icmp' ? [] : parsePorts(e.ports ?? []),
+          peer: e.peer,
+          peers,
+          ...(e.comment !== undefined ? { comment: e.comment } : {}),
+        });
+      });
+
+      devices.push({
+        id: d.id,
+        src,
+        class: d.class,
+        criticality: d.criticality,
+        mode: d.mode,
+        failMode: d.failMode,
+        addresses,
+        ...(d.mac !== undefined ? { mac: d.mac.toLowerCase() } : {}),
+        entries,
+      });
+    });
+  }
+
+  const all = [...loaded.diagnostics, ...diags];
+  if (all.some((d) => d.severity === 'error')) throw new ConfigError(all);
+  const canonical = JSON.stringify({
+    gateway: gw,
+    policies: loaded.policies.map((p) => ({ file: p.source.file, policy: p.policy })),
+  });
+  return {
+    gateway: gw,
+    devices,
+    management,
+    segments,
+    hash: createHash('sha256').update(canonical).digest('hex'),
+    warnings: all.filter((d) => d.severity === 'warning'),
+  };
+}
