@@ -95,7 +95,8 @@ export function loadConfig(gatewayPath: string, opts: { policyPaths?: string[] }
       });
     }
     for (const file of files) {
-      const shown = relative(root, file);
+      const rel = relative(root, file);
+      const shown = rel.startsWith('..') ? file : rel;
       const text = readText(file, shown);
       if (text.diagnostic) {
         diagnostics.push(text.diagnostic);

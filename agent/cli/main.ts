@@ -1,0 +1,124 @@
+// The wardgate command line. Exit codes: 0 done; 1 failed (or `diff` found differences);
+// 2 usage; 3 configuration errors (nothing applied); 4 nft refused (nothing applied);
+// 5 commit-confirm state forbids it (a change pending, nothing to confirm, window closed).
+import { parseArgs } from 'node:util';
+import { ConfigError, formatDiagnostic } from '../config/diagnostics.js';
+import { CommitError } from '../policy/apply.js';
+import { NftError } from '../policy/backend.js';
+import { LockError } from '../util/fsx.js';
+import { VERSION } from '../version.js';
+import { UsageError } from './context.js';
+import { processIo, type Io } from './io.js';
+import { policyCommand } from './policy.js';
+
+const HELP = `wardgate ${VERSION}: per-device allow-lists in front of legacy medical devices
+
+usage: wardgate <command> [options]
+
+  policy check      validate the gateway and policy files, and check the ruleset with nft -c
+  policy print      print the compiled ruleset (--failsafe: the fail-safe variant)
+  policy diff       show what would change against the committed ruleset
+  policy apply      load the ruleset; it is rolled back unless confirmed in time (--timeout S)
+  policy confirm    make the applied ruleset the committed one
+  policy rollback   put back what was in force before the pending change
+  policy status     what the kernel runs, what is committed, what is pending (--json)
+  policy restore    load the committed ruleset (boot time); the fail-safe one if it cannot
+  policy schema     print the JSON Schema of policy files (--out-dir D: write both schemas)
+  run               the agent: finishes pending changes and keeps the committed ruleset loaded
+  demo              the whole system on this machine (a network namespace site when root)
+  version           print the version
+
+options:
+  --gateway PATH    the gateway file (default: $WARDGATE_GATEWAY, ./gateway.yaml, /etc/wardgate/gateway.yaml)
+  --state-dir DIR   override the gateway file's stateDir
+  --backend B       auto (default), nft, or dry-run (writes the ruleset to a file, enforces nothing)
+  --netns NAME      drive nftables inside network namespace NAME
+`;
+
+export async function main(argv: string[], io: Io = processIo): Promise<number> {
+  let parsed;
+  try {
+    parsed = parseArgs({
+      args: argv,
+      allowPositionals: true,
+      strict: true,
+      options: {
+        gateway: { type: 'string' },
+        'state-dir': { type: 'string' },
+        backend: { type: 'string' },
+        netns: { type: 'string' },
+        json: { type: 'boolean' },
+        failsafe: { type: 'boolean' },
+        timeout: { type: 'string' },
+        'out-dir': { type: 'string' },
+        keep: { type: 'boolean' },
+        help: { type: 'boolean', short: 'h' },
+      },
+    });
+  } catch (err) {
+    io.err(`wardgate: ${(err as Error).message}\n\n${HELP}`);
+    return 2;
+  }
+  const { values: v, positionals } = parsed;
+  const [command, sub] = positionals;
+  const global = {
+    ...(v.gateway !== undefined ? { gateway: v.gateway } : {}),
+    ...(v['state-dir'] !== undefined ? { stateDir: v['state-dir'] } : {}),
+    ...(v.backend !== undefined ? { backend: v.backend } : {}),
+    ...(v.netns !== undefined ? { netns: v.netns } : {}),
+  };
+  try {
+    switch (command) {
+      case undefined:
+      case 'help':
+        io.out(HELP.trimEnd());
+        return command === undefined && !v.help ? 2 : 0;
+      case 'version':
+        io.out(VERSION);
+        return 0;
+      case 'policy':
+        return await policyCommand(sub, {
+          ...global,
+          ...(v.json !== undefined ? { json: v.json } : {}),
+          ...(v.failsafe !== undefined ? { failsafe: v.failsafe } : {}),
+          ...(v.timeout !== undefined ? { timeout: v.timeout } : {}),
+          ...(v['out-dir'] !== undefined ? { outDir: v['out-dir'] } : {}),
+        }, io);
+      case 'run': {
+        const { runAgent } = await import('../main.js');
+        return await runAgent(global, io);
+      }
+      case 'demo': {
+        const { runDemo } = await import('../demo.js');
+        return await runDemo({ keep: v.keep === true }, io);
+      }
+      default:
+        throw new UsageError(`unknown command "${command}"`);
+    }
+  } catch (err) {
+    if (err instanceof ConfigError) {
+      for (const d of err.diagnostics) io.err(formatDiagnostic(d));
+      const n = err.diagnostics.filter((d) => d.severity === 'error').length;
+      io.err(`wardgate: ${n} error(s); nothing was applied`);
+      return 3;
+    }
+    if (err instanceof NftError) {
+      io.err(`wardgate: ${err.message}\nnothing was applied`);
+      return 4;
+    }
+    if (err instanceof CommitError) {
+      io.err(`wardgate: ${err.message}`);
+      return 5;
+    }
+    if (err instanceof UsageError) {
+      io.err(`wardgate: ${err.message}`);
+      return 2;
+    }
+    if (err instanceof LockError) {
+      io.err(`wardgate: ${err.message}`);
+      return 1;
+    }
+    io.err(`wardgate: ${(err as Error).stack ?? String(err)}`);
+    return 1;
+  }
+}

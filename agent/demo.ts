@@ -1,0 +1,104 @@
+// `wardgate demo` (what `npm start` runs). As root with nftables: a closed bridge-mode site in
+// network namespaces (a PACS, a lab middleware host, a stranger, a CT scanner and a lab
+// analyzer), the example policies applied to its gateway with commit-confirm, and real
+// connections that show what passes and what is dropped. Without root: a dry run into a
+// temporary state directory. Either way it says what it did.
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { NetnsSite } from '../hardware/netns-site.js';
+import { nftAvailable } from './policy/backend.js';
+import { policyCommand } from './cli/policy.js';
+import type { Io } from './cli/io.js';
+import { PACKAGE_ROOT } from './version.js';
+
+const repo = PACKAGE_ROOT;
+
+function gatewayYaml(stateDir: string): string {
+  return `apiVersion: wardgate/v1
+kind: Gateway
+site: demo
+gateway: gw-demo-01
+mode: bridge
+interfaces: { uplink: p0, device: p3, bridge: br0 }
+deviceSegments: [10.20.0.0/24, fd00:20::/64]
+management: { networks: [10.99.0.0/24] }
+stateDir: ${stateDir}
+policies:
+  - ${join(repo, 'rules')}/*.yaml
+commitConfirm: { timeoutSeconds: 120 }
+`;
+}
+
+const HOSTS = [
+  { name: 'pacs', side: 'hospital' as const, ipv4: ['10.10.1.10'], label: 'PACS' },
+  { name: 'middleware', side: 'hospital' as const, ipv4: ['10.10.4.30'], label: 'lab middleware' },
+  { name: 'stranger', side: 'hospital' as const, ipv4: ['10.10.9.66'], label: 'unknown hospital host' },
+  { name: 'ct', side: 'device' as const, ipv4: ['10.20.0.11'], label: 'CT scanner ct-01' },
+  { name: 'analyzer', side: 'device' as const, ipv4: ['10.20.0.31'], label: 'lab analyzer lab-analyzer-01' },
+];
+
+const TRIES = [
+  { from: 'pacs', to: 'ct', port: 104, expect: true, why: 'DICOM from the PACS (ct-01/allow[1])' },
+  { from: 'stranger', to: 'ct', port: 104, expect: false, why: 'DICOM from an unknown host' },
+  { from: 'pacs', to: 'ct', port: 23, expect: false, why: 'telnet from the PACS' },
+  { from: 'middleware', to: 'analyzer', port: 502, expect: true, why: 'Modbus from the lab middleware (lab-analyzer-01/allow[0])' },
+  { from: 'stranger', to: 'analyzer', port: 502, expect: false, why: 'Modbus from an unknown host' },
+];
+
+export async function runDemo(opts: { keep: boolean }, io: Io): Promise<number> {
+  const work = mkdtempSync(join(tmpdir(), 'wardgate-demo-'));
+  const gateway = join(work, 'gateway.yaml');
+  writeFileSync(gateway, gatewayYaml(join(work, 'state')));
+  const root = process.getuid?.() === 0 && nftAvailable().ok;
+  io.out(`wardgate demo: example policies from ${join(repo, 'rules')}, state in ${work}`);
+
+  if (!root) {
+    io.out('not root (or no nftables): DRY RUN, nothing is enforced; the compiled ruleset is written to a file');
+    await policyCommand('check', { gateway, backend: 'dry-run' }, io);
+    await policyCommand('apply', { gateway, backend: 'dry-run' }, io);
+    await policyCommand('confirm', { gateway, backend: 'dry-run' }, io);
+    io.out(`ruleset: ${join(work, 'state', 'dry-run', 'ruleset.nft')}`);
+    io.out('run as root (sudo npm start) to see it enforced in a network-namespace site');
+    return 0;
+  }
+
+  const prefix = `wgdemo${process.pid}`;
+  io.out(`building a closed bridge-mode site in network namespaces ${prefix}-*`);
+  const site = await NetnsSite.create({ prefix, mode: 'bridge', hosts: HOSTS });
+  const netcheck = join(repo, 'hardware', 'netcheck.mjs');
+  try {
+    for (const h of HOSTS.filter((x) => x.side === 'device')) site.spawn(h.name, [process.execPath, netcheck, 'listen', 'tcp', '23', '104', '502']);
+    await new Promise((r) => setTimeout(r, 500));
+    const g = { gateway, netns: site.gw };
+    await policyCommand('check', g, io);
+    await policyCommand('apply', g, io);
+    io.out('');
+    io.out('trying connections across the gateway:');
+    let surprises = 0;
+    for (const t of TRIES) {
+      const target = HOSTS.find((h) => h.name === t.to);
+      const r = await site.exec(t.from, [process.execPath, netcheck, 'connect', 'tcp', target?.ipv4[0] ?? '', String(t.port), '1000']);
+      const passed = r.code === 0;
+      if (passed !== t.expect) surprises++;
+      io.out(`  ${passed ? 'PASSED ' : 'DROPPED'} ${t.from} -> ${target?.label ?? t.to}:${t.port}  ${t.why}${passed === t.expect ? '' : '  <-- unexpected'}`);
+    }
+    io.out('');
+    await policyCommand('confirm', g, io);
+    await policyCommand('status', g, io);
+    const counters = await site.exec('gw', ['nft', 'list', 'chain', 'inet', 'wardgate', 'dev_ct_01_in']);
+    io.out('\nct-01 inbound chain, with its counters:');
+    io.out(counters.stdout.trimEnd());
+    if (opts.keep) {
+      io.out(`\n--keep: the site stays up. Look: ip netns exec ${site.gw} nft list table inet wardgate`);
+      io.out(`remove it: for n in $(ip netns list | grep ${prefix} | cut -d' ' -f1); do ip netns del $n; done`);
+    }
+    return surprises === 0 ? 0 : 1;
+  } finally {
+    if (!opts.keep) {
+      await site.destroy();
+      rmSync(work, { recursive: true, force: true });
+      io.out('\nsite removed; nothing on this host was changed');
+    }
+  }
+}
