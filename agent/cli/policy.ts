@@ -97,7 +97,10 @@ export async function policyCommand(sub: string | undefined, opts: PolicyOptions
     return 0;
   }
 
-  if (sub !== undefined && STATE_ONLY.has(sub)) return stateCommand(sub, opts, io);
+  if (sub === undefined || !COMMANDS.has(sub)) {
+    throw new UsageError(`unknown policy command "${sub ?? ''}": use check, print, diff, apply, confirm, rollback, status, restore or schema`);
+  }
+  if (STATE_ONLY.has(sub)) return stateCommand(sub, opts, io);
   const l = loadAndCompile(opts);
   printWarnings(l, io);
   const { backend, notice } = chooseBackend(opts, l.stateDir);
@@ -142,7 +145,7 @@ export async function policyCommand(sub: string | undefined, opts: PolicyOptions
       return 0;
     }
     default:
-      throw new UsageError(`unknown policy command "${sub ?? ''}": use check, print, diff, apply, confirm, rollback, status, restore or schema`);
+      throw new UsageError(`unknown policy command "${sub}"`);
   }
 }
 
@@ -151,6 +154,7 @@ export async function policyCommand(sub: string | undefined, opts: PolicyOptions
  * files: a broken policy must not stop a rollback, a confirmation or the boot-time restore.
  */
 const STATE_ONLY = new Set(['confirm', 'rollback', 'status', 'restore', '_watch']);
+const COMMANDS = new Set(['check', 'print', 'diff', 'apply', ...STATE_ONLY]);
 
 async function stateCommand(sub: string, opts: PolicyOptions, io: Io): Promise<number> {
   const stateDir = stateDirOnly(opts);

@@ -6,7 +6,7 @@ import { createHash, randomUUID } from 'node:crypto';
 import { appendFileSync, mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { NftError, type Backend, type NftFailure } from './backend.js';
-import { FAMILY, TABLE, type CompiledRuleset } from './compile.js';
+import type { CompiledRuleset } from './compile.js';
 import { readIfExists, removeIfExists, withLock, writeFileAtomic } from '../util/fsx.js';
 
 export const sha256 = (text: string) => createHash('sha256').update(text).digest('hex');
@@ -151,7 +151,7 @@ export class PolicyManager {
       await this.check(compiled);
       await this.check(failsafe);
       const before = await this.backend.listTable({ stateful: true });
-      if (before !== undefined) writeFileAtomic(this.path('rollback.nft'), `table ${FAMILY} ${TABLE}\ndelete table ${FAMILY} ${TABLE}\n${before}`);
+      if (before !== undefined) writeFileAtomic(this.path('rollback.nft'), before);
       else removeIfExists(this.path('rollback.nft'));
       writeFileAtomic(this.path('pending.nft'), compiled.text);
       writeFileAtomic(this.path('pending-failsafe.nft'), failsafe.text);
@@ -223,7 +223,7 @@ export class PolicyManager {
 
   private async rollbackLocked(pending: PendingInfo, reason: string): Promise<void> {
     const previous = readIfExists(this.path('rollback.nft'));
-    if (pending.previous === 'table' && previous !== undefined) await this.backend.load(previous);
+    if (pending.previous === 'table' && previous !== undefined) await this.backend.loadListing(previous);
     else await this.backend.deleteTable();
     this.clearPending();
     this.record({ event: 'rollback', id: pending.id, reason, restored: pending.previous === 'table' ? 'previous table' : 'no table' });

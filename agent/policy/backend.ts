@@ -38,6 +38,8 @@ export interface Backend {
   listTable(opts?: { stateful?: boolean }): Promise<string | undefined>;
   /** Removes our table if present. */
   deleteTable(): Promise<void>;
+  /** Loads back, atomically, a table as listTable({ stateful: true }) returned it. */
+  loadListing(listing: string): Promise<void>;
   /** Reads a sysctl in the enforcement namespace; undefined when it does not exist. */
   readSysctl(name: string): Promise<string | undefined>;
   writeSysctl(name: string, value: string): Promise<void>;
@@ -110,6 +112,10 @@ export class NftBackend implements Backend {
     await this.load(`table ${FAMILY} ${TABLE}\ndelete table ${FAMILY} ${TABLE}\n`);
   }
 
+  loadListing(listing: string): Promise<void> {
+    return this.load(`table ${FAMILY} ${TABLE}\ndelete table ${FAMILY} ${TABLE}\n${listing}`);
+  }
+
   private procPath(name: string): string {
     return `/proc/sys/${name.replace(/\./g, '/')}`;
   }
@@ -159,6 +165,10 @@ export class DryRunBackend implements Backend {
   async deleteTable(): Promise<void> {
     writeFileAtomic(this.file, '');
     await Promise.resolve();
+  }
+
+  loadListing(listing: string): Promise<void> {
+    return this.load(listing);
   }
 
   async readSysctl(): Promise<string | undefined> {
