@@ -98,7 +98,7 @@ describe('wardgate policy, dry run', () => {
     writeFileSync(lab, original.replace('peer: lims', 'peer: limz'));
     const unknown = wardgate('policy', 'apply');
     expect(unknown.code).toBe(3);
-    expect(unknown.err).toContain('rules/lab-analyzer.yaml:27:15: error: devices[0].allow[1].peer: unknown peer group "limz"');
+    expect(unknown.err).toContain('rules/lab-analyzer.yaml:26:15: error: devices[0].allow[1].peer: unknown peer group "limz"');
     expect(readFileSync(rulesetFile(), 'utf8')).toBe(before);
     // A broken policy does not stand in the way of the state commands.
     expect(wardgate('policy', 'status').code).toBe(0);
