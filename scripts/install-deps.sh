@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Installs what wardgate, its demo and its tests need on Debian 12 / Raspberry Pi OS, as root:
+# the OS packages (nftables, iproute2, ...) and the node modules from package-lock.json.
+# Safe to run again.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+packages=(nftables conntrack iproute2 iputils-ping procps kmod iperf3)
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "install-deps: these packages are missing and installing them needs root: ${missing[*]}" >&2
+    exit 1
+  fi
+  apt-get update -q
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}"
+fi
+
+# Bridge mode filters bridged IPv4/IPv6 through br_netfilter; load it where it is a module.
+if [ "$(id -u)" -eq 0 ] && [ ! -d /proc/sys/net/bridge ]; then
+  modprobe br_netfilter 2>/dev/null || echo "install-deps: br_netfilter could not be loaded; bridge-mode tests will skip" >&2
+fi
+
+npm ci --no-fund --no-audit
