@@ -25,11 +25,20 @@ export async function runAgent(opts: AgentOptions, io: Io, signal?: AbortSignal)
   signal?.addEventListener('abort', onSignal);
   log.info({ stateDir, backend: backend.description }, 'agent started');
 
+  let degraded = false;
   const tick = async () => {
     const r = await m.expireIfDue();
     if (r.rolledBack) log.warn({ change: r.rolledBack.id }, 'rolled back a change that was not confirmed in time');
     const s = await m.status();
     if (s.pending) return;
+    if (s.kernel === 'failsafe') {
+      // Restoring again would load the same fail-safe ruleset: say so once, and wait for a
+      // person to apply and confirm a policy.
+      if (!degraded) log.error('DEGRADED: the fail-safe ruleset is loaded; apply and confirm a policy to leave it');
+      degraded = true;
+      return;
+    }
+    degraded = false;
     if (s.committed && (s.kernel === 'absent' || s.kernel === 'drifted')) {
       log.error({ kernel: s.kernel }, 'the wardgate table is not the committed ruleset: restoring it');
       const restored = await m.restore();

@@ -75,9 +75,10 @@ function formatStatus(s: PolicyStatus): string {
     absent: 'no wardgate table is loaded',
     committed: 'the committed ruleset',
     pending: 'a pending ruleset, not yet confirmed',
+    failsafe: 'DEGRADED: the fail-safe ruleset (the committed one could not be loaded; see docs/fail-modes.md)',
     drifted: 'DRIFTED: the loaded table differs from the committed and pending rulesets',
   }[s.kernel];
-  lines.push(`kernel:    ${kernel}${s.failsafeLoaded ? ' (FAIL-SAFE ruleset)' : ''}`);
+  lines.push(`kernel:    ${kernel}`);
   if (s.committed) lines.push(`committed: ${s.committed.committedAt}, policy ${s.committed.policyHash.slice(0, 16)}, wardgate ${s.committed.version}`);
   else lines.push('committed: nothing committed yet');
   if (s.pending) {

@@ -36,10 +36,10 @@ export interface PendingInfo {
 
 export interface PolicyStatus {
   backend: string;
-  kernel: 'absent' | 'committed' | 'pending' | 'drifted';
+  /** failsafe: the fail-safe ruleset that restore() loaded because the committed one could not be. */
+  kernel: 'absent' | 'committed' | 'pending' | 'failsafe' | 'drifted';
   committed?: CommittedInfo;
   pending?: PendingInfo & { secondsLeft: number };
-  failsafeLoaded: boolean;
 }
 
 export type HistoryEvent =
@@ -215,6 +215,7 @@ export class PolicyManager {
       writeFileAtomic(this.path('failsafe.nft'), failsafe, { keepPrevious: true });
       writeFileAtomic(this.path('committed.json'), JSON.stringify(info, null, 2), { keepPrevious: true });
       this.clearPending();
+      removeIfExists(this.path('failsafe-loaded.json'));
       this.record({ event: 'confirm', id: pending.id, sha256: info.sha256, policyHash: info.policyHash });
       stopWatcher(pending.watcherPid);
       return info;
@@ -257,11 +258,10 @@ export class PolicyManager {
    */
   async restore(): Promise<{ source: 'committed' | 'failsafe' | 'none'; reason?: string }> {
     return this.lock(async () => {
+      // A pending change was never confirmed: put back what it replaced, then load the committed.
       const pending = this.readPending();
-      if (pending) {
-        this.clearPending();
-        this.record({ event: 'rollback', id: pending.id, reason: 'boot before confirmation', restored: 'previous table' });
-      }
+      if (pending) await this.rollbackLocked(pending, 'restore before confirmation');
+      removeIfExists(this.path('failsafe-loaded.json'));
       let reason: string | undefined;
       try {
         const text = this.committedText();
@@ -277,6 +277,8 @@ export class PolicyManager {
       const failsafe = readIfExists(this.path('failsafe.nft'));
       if (failsafe === undefined || failsafe === '') return { source: 'none' as const, reason };
       await this.backend.load(failsafe);
+      const listingSha256 = sha256((await this.backend.listTable()) ?? '');
+      writeFileAtomic(this.path('failsafe-loaded.json'), JSON.stringify({ listingSha256, reason, at: new Date(this.now()).toISOString() }, null, 2));
       this.record({ event: 'restore', source: 'failsafe', sha256: sha256(failsafe), reason });
       return { source: 'failsafe' as const, reason };
     });
@@ -286,11 +288,14 @@ export class PolicyManager {
     const committed = this.readCommitted();
     const pending = this.readPending();
     const listing = await this.backend.listTable();
+    const failsafe = readIfExists(this.path('failsafe-loaded.json'));
+    const failsafeSha = failsafe === undefined ? undefined : (JSON.parse(failsafe) as { listingSha256: string }).listingSha256;
     let kernel: PolicyStatus['kernel'] = 'absent';
     if (listing !== undefined) {
       const h = sha256(listing);
       if (pending && h === pending.listingSha256) kernel = 'pending';
       else if (committed && h === committed.listingSha256) kernel = 'committed';
+      else if (h === failsafeSha) kernel = 'failsafe';
       else kernel = 'drifted';
     }
     return {
@@ -298,7 +303,6 @@ export class PolicyManager {
       kernel,
       ...(committed ? { committed } : {}),
       ...(pending ? { pending: { ...pending, secondsLeft: Math.max(0, Math.round((pending.deadline - this.now()) / 1000)) } } : {}),
-      failsafeLoaded: listing?.includes('FAIL-SAFE') ?? false,
     };
   }
 }

@@ -38,7 +38,8 @@ export interface CompiledRuleset {
 }
 
 const quote = (s: string) => `"${s.replace(/["\\]/g, '').slice(0, 120)}"`;
-const ident = (id: string) => id.replace(/-/g, '_');
+// nft names start with a letter or "_"; a device id may start with a digit ("_" keeps it unique).
+const ident = (id: string) => `${/^[0-9]/.test(id) ? '_' : ''}${id.replace(/-/g, '_')}`;
 const where = (src: SourceRef) => `${src.file}:${src.line}`;
 const IP = { ipv4: 'ip', ipv6: 'ip6' } as const;
 const ADDR = { ipv4: 'ipv4_addr', ipv6: 'ipv6_addr' } as const;

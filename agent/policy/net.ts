@@ -39,6 +39,8 @@ export function parseIPv6(text: string): bigint {
 }
 
 export function familyOf(address: string): Family | undefined {
+  // node:net accepts an IPv6 zone index ("fe80::1%eth0"); an allow-list cannot express one.
+  if (address.includes('%')) return undefined;
   if (isIPv4(address)) return 'ipv4';
   if (isIPv6(address)) return 'ipv6';
   return undefined;
