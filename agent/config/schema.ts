@@ -39,6 +39,80 @@ export const PortSpec = z.union([
 ]);
 export type PortSpec = z.infer<typeof PortSpec>;
 
+const Seconds = (min: number, max: number, dflt: number) => z.number().int().min(min).max(max).default(dflt);
+
+export const MqttSchema = z
+  .object({
+    url: z
+      .string()
+      .regex(/^(mqtt|mqtts|tcp|tls):\/\/[^\s/]+(:\d+)?\/?$/, 'an MQTT URL: mqtt://host:port or mqtts://host:port')
+      .describe('The broker: mqtts:// for a remote broker (TLS), mqtt:// on loopback or the embedded broker'),
+    protocolVersion: z.union([z.literal(5), z.literal(4)]).default(5).describe('5 (MQTT 5); 4 (3.1.1) for older brokers. 5 falls back to 4 by itself when the broker refuses it'),
+    clientId: z.string().min(1).max(64).optional().describe('Defaults to wardgate-<site>-<gateway>'),
+    username: z.string().optional(),
+    passwordFile: z.string().optional().describe('A file holding the password (never the password itself)'),
+    tls: z
+      .object({
+        ca: z.string().describe('CA certificate (PEM) that signed the broker\'s certificate'),
+        cert: z.string().describe('This gateway\'s client certificate (PEM)'),
+        key: z.string().describe('Its private key (PEM), mode 0600'),
+        servername: z.string().optional(),
+      })
+      .strict()
+      .optional(),
+    keepaliveSeconds: Seconds(5, 3600, 30),
+    reconnect: z
+      .object({ minSeconds: Seconds(1, 60, 1), maxSeconds: Seconds(1, 3600, 60) })
+      .strict()
+      .default({ minSeconds: 1, maxSeconds: 60 })
+      .describe('Exponential backoff with full jitter between these bounds'),
+    embeddedBroker: z
+      .object({ port: z.number().int().min(1).max(65535).default(1883), host: z.string().default('127.0.0.1') })
+      .strict()
+      .optional()
+      .describe('Run an aedes broker in the agent (a standalone gateway, the demo); url then points at it'),
+  })
+  .strict();
+export type MqttConfig = z.infer<typeof MqttSchema>;
+
+export const BOARDS = ['auto', 'raspberry-pi-4', 'raspberry-pi-5', 'generic-x86', 'revpi-connect-4'] as const;
+
+export const HealthSchema = z
+  .object({
+    intervalSeconds: Seconds(5, 3600, 30).describe('How often gateway vitals are published'),
+    board: z.enum(BOARDS).default('auto').describe('Board profile (hardware/boards); auto detects it'),
+    rootPath: z.string().default('/').describe('Where /proc and /sys are read from (tests point it at fixture trees)'),
+    watchdog: z.string().optional().describe('Hardware watchdog device, e.g. /dev/watchdog; off when absent'),
+    statusLed: z.string().optional().describe('sysfs LED directory for the status LED, e.g. /sys/class/leds/ACT'),
+  })
+  .strict();
+
+export const OutboxSchema = z
+  .object({
+    maxBytes: z.number().int().min(64 * 1024).max(1024 ** 3).default(16 * 1024 * 1024),
+    maxMessages: z.number().int().min(10).max(1_000_000).default(10000),
+    fsync: z.enum(['always', 'batch']).default('always').describe('always: fsync before a message counts as queued; batch: at most every 200 ms'),
+  })
+  .strict();
+
+export const CommandsSchema = z
+  .object({
+    publicKeys: z
+      .array(
+        z
+          .object({
+            id: z.string().min(1).max(64),
+            key: z.string().min(1).describe('Ed25519 public key: PEM (SPKI) or base64 of the 32 raw bytes'),
+          })
+          .strict(),
+      )
+      .default([])
+      .describe('Console keys whose signed commands this gateway accepts'),
+    maxSkewSeconds: Seconds(0, 3600, 300).describe('Clock skew tolerated on a command\'s issue time'),
+    maxLifetimeSeconds: Seconds(1, 86400, 600).describe('Longest expiry a command may carry'),
+  })
+  .strict();
+
 export const GatewaySchema = z
   .object({
     apiVersion: z.literal(API_VERSION),
@@ -93,6 +167,10 @@ export const GatewaySchema = z
       .strict()
       .default({ timeoutSeconds: 120 })
       .describe('A ruleset that is not confirmed within the window is rolled back by itself'),
+    mqtt: MqttSchema.optional().describe('The link to central consoles; without it the gateway reports nothing'),
+    health: HealthSchema.default(HealthSchema.parse({})),
+    outbox: OutboxSchema.default(OutboxSchema.parse({})),
+    commands: CommandsSchema.default(CommandsSchema.parse({})),
   })
   .strict();
 export type GatewayConfig = z.infer<typeof GatewaySchema>;
@@ -115,6 +193,45 @@ export const AllowEntrySchema = z
   })
   .strict();
 export type AllowEntry = z.infer<typeof AllowEntrySchema>;
+
+const ProbeCommon = {
+  intervalSeconds: Seconds(1, 3600, 30),
+  timeoutMs: z.number().int().min(50).max(60000).default(2000),
+  failuresToDown: z.number().int().min(1).max(100).default(3).describe('Consecutive failures before the probe counts as failing'),
+  successesToUp: z.number().int().min(1).max(100).default(2).describe('Consecutive successes before it counts as passing again'),
+};
+
+export const ProbeSchema = z.discriminatedUnion('type', [
+  z.object({ type: z.literal('tcp'), port: z.number().int().min(1).max(65535), ...ProbeCommon }).strict(),
+  z.object({ type: z.literal('icmp'), ...ProbeCommon }).strict(),
+  z
+    .object({
+      type: z.literal('modbus'),
+      port: z.number().int().min(1).max(65535).default(502),
+      unitId: z.number().int().min(0).max(255).default(1),
+      read: z
+        .object({
+          kind: z.enum(['holding', 'input', 'coils', 'discrete']).default('holding'),
+          address: z.number().int().min(0).max(65535),
+          count: z.number().int().min(1).max(125).default(1),
+        })
+        .strict()
+        .optional()
+        .describe('A register range to read; without it, device identification (function 43/14)'),
+      ...ProbeCommon,
+    })
+    .strict(),
+  z
+    .object({
+      type: z.literal('dicom'),
+      port: z.number().int().min(1).max(65535).default(104),
+      calledAe: z.string().min(1).max(16),
+      callingAe: z.string().min(1).max(16).default('WARDGATE'),
+      ...ProbeCommon,
+    })
+    .strict(),
+]);
+export type ProbeConfig = z.infer<typeof ProbeSchema>;
 
 export const CRITICALITIES = ['life-critical', 'high', 'medium', 'low'] as const;
 
@@ -139,6 +256,7 @@ export const DeviceSchema = z
     sbom: z.string().optional().describe('Reference to the manufacturer\'s SBOM'),
     mds2: z.string().optional().describe('Reference to the manufacturer\'s MDS2 form'),
     allow: z.array(AllowEntrySchema).default([]),
+    probes: z.array(ProbeSchema).default([]).describe('How the gateway checks that the device is alive'),
   })
   .strict()
   .transform((d) => ({ ...d, failMode: d.failMode ?? (d.criticality === 'life-critical' ? 'open' : 'closed') }));

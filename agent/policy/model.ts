@@ -3,7 +3,7 @@
 import { createHash } from 'node:crypto';
 import { ConfigError, formatPath, type Diagnostic, type SourceRef } from '../config/diagnostics.js';
 import type { LoadedConfig } from '../config/load.js';
-import type { Device, GatewayConfig, PortSpec } from '../config/schema.js';
+import type { Device, GatewayConfig, PortSpec, ProbeConfig } from '../config/schema.js';
 import { locate, type YamlSource } from '../config/yaml-source.js';
 import { contains, familyOf, parseAddress, parsePrefix, type AddrRange, type Family } from './net.js';
 
@@ -35,6 +35,7 @@ export interface ResolvedDevice {
   addresses: Partial<Record<Family, bigint>>;
   mac?: string;
   entries: ResolvedEntry[];
+  probes: ProbeConfig[];
 }
 
 export interface Model {
@@ -183,6 +184,7 @@ export function buildModel(loaded: LoadedConfig): Model {
         addresses,
         ...(d.mac !== undefined ? { mac: d.mac.toLowerCase() } : {}),
         entries,
+        probes: d.probes,
       });
     });
   }
