@@ -10,6 +10,9 @@ export interface Box {
   labels: string[];
 }
 
+/** "x/allow[9]" before "x/allow[10]". */
+const byNumber = (a: string, b: string) => a.localeCompare(b, 'en', { numeric: true });
+
 function sameLabels(a: readonly string[], b: readonly string[]): boolean {
   return a.length === b.length && a.every((x, i) => x === b[i]);
 }
@@ -26,7 +29,7 @@ function portSegments(boxes: readonly Box[]): { plo: number; phi: number; labels
   for (let i = 0; i + 1 < points.length; i++) {
     const plo = points[i] as number;
     const phi = (points[i + 1] as number) - 1;
-    const labels = [...new Set(boxes.filter((b) => b.plo <= plo && phi <= b.phi).flatMap((b) => b.labels))].sort();
+    const labels = [...new Set(boxes.filter((b) => b.plo <= plo && phi <= b.phi).flatMap((b) => b.labels))].sort(byNumber);
     if (labels.length === 0) continue;
     const last = out[out.length - 1];
     if (last && last.phi + 1 === plo && sameLabels(last.labels, labels)) last.phi = phi;
