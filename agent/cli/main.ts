@@ -24,6 +24,7 @@ usage: wardgate <command> [options]
   policy status     what the kernel runs, what is committed, what is pending (--json)
   policy restore    load the committed ruleset (boot time); the fail-safe one if it cannot
   policy schema     print the JSON Schema of policy files (--out-dir D: write both schemas)
+  mqtt schemas      print the JSON Schema of every MQTT payload (--out-dir D: one file each)
   run               the agent: finishes pending changes and keeps the committed ruleset loaded
   demo              the whole system on this machine (a network namespace site when root)
   version           print the version
@@ -84,6 +85,10 @@ export async function main(argv: string[], io: Io = processIo): Promise<number> 
           ...(v.timeout !== undefined ? { timeout: v.timeout } : {}),
           ...(v['out-dir'] !== undefined ? { outDir: v['out-dir'] } : {}),
         }, io);
+      case 'mqtt': {
+        const { mqttCommand } = await import('./mqtt.js');
+        return mqttCommand(sub, v['out-dir'] !== undefined ? { outDir: v['out-dir'] } : {}, io);
+      }
       case 'run': {
         const { runAgent } = await import('../main.js');
         return await runAgent(global, io);

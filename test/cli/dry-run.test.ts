@@ -6,6 +6,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { jsonSchemas } from '../../agent/config/schema.js';
+import { jsonSchemaOf, PAYLOADS } from '../../agent/mqtt/topics.js';
 
 const ROOT = join(import.meta.dirname, '..', '..');
 const CLI = join(ROOT, 'bin', 'wardgate.js');
@@ -131,5 +132,12 @@ describe('wardgate policy, dry run', () => {
     const schemas = jsonSchemas();
     expect(JSON.parse(readFileSync(join(ROOT, 'rules', 'schema', 'policy.schema.json'), 'utf8'))).toEqual(schemas.policy);
     expect(JSON.parse(readFileSync(join(ROOT, 'rules', 'schema', 'gateway.schema.json'), 'utf8'))).toEqual(schemas.gateway);
+  });
+
+  it('the MQTT payload schemas shipped in docs/schemas/mqtt are the ones the code prints', () => {
+    for (const name of Object.keys(PAYLOADS) as (keyof typeof PAYLOADS)[]) {
+      const shipped: unknown = JSON.parse(readFileSync(join(ROOT, 'docs', 'schemas', 'mqtt', `${name}.schema.json`), 'utf8'));
+      expect(shipped, name).toEqual(jsonSchemaOf(name));
+    }
   });
 });
