@@ -1,0 +1,82 @@
+// Runs the benchmarks: `node --import tsx bench/run.ts [name...]` (npm run bench builds first).
+// Each prints its own table and ratios, measured in this run; a full run ends with a summary.
+// They need root (network namespaces, nftables); without it they say why and exit 0.
+//
+// Environment: WARDGATE_BENCH_REPS (apply repetitions, default 5), WARDGATE_BENCH_ROUNDS
+// (traffic rounds, default 5 for throughput and 3 for udp), WARDGATE_BENCH_SECONDS (seconds per
+// traffic run, default 3).
+import { apply } from './apply.js';
+import { commandMissing, removeStale, rootSkipReason } from './lib.js';
+import { throughput } from './throughput.js';
+import { udp } from './udp.js';
+
+interface Bench {
+  name: string;
+  what: string;
+  needs?: string[];
+  run: () => Promise<string[]>;
+}
+
+const BENCHES: Bench[] = [
+  { name: 'apply', what: 'compile + nft -f load time, wardgate against a linear rendering, 10 to 10,000 entries', run: apply },
+  { name: 'throughput', what: 'TCP forwarding throughput through 10,000 entries against no table (iperf3)', needs: ['iperf3'], run: throughput },
+  { name: 'udp', what: 'packet rate of one-way UDP, every packet classified, through 10,000 entries', run: udp },
+];
+
+function usage(): string {
+  return [
+    'usage: node --import tsx bench/run.ts [name...]',
+    ...BENCHES.map((b) => `  ${b.name.padEnd(11)} ${b.what}`),
+  ].join('\n');
+}
+
+async function main(): Promise<number> {
+  const args = process.argv.slice(2);
+  if (args.includes('-h') || args.includes('--help')) {
+    console.log(usage());
+    return 0;
+  }
+  const unknown = args.filter((a) => !BENCHES.some((b) => b.name === a));
+  if (unknown.length > 0) {
+    console.error(`unknown benchmark: ${unknown.join(', ')}\n${usage()}`);
+    return 2;
+  }
+  const chosen = args.length === 0 ? BENCHES : BENCHES.filter((b) => args.includes(b.name));
+
+  const skip = rootSkipReason();
+  if (skip !== undefined) {
+    console.log(`bench: skipped: ${skip}`);
+    return 0;
+  }
+  await removeStale();
+
+  const summary: string[] = [];
+  let failed = false;
+  for (const b of chosen) {
+    console.log(`\n=== ${b.name}: ${b.what}\n`);
+    const missing = (b.needs ?? []).filter(commandMissing);
+    if (missing.length > 0) {
+      const line = `${b.name}: skipped: ${missing.join(', ')} not installed (scripts/install-deps.sh installs it)`;
+      console.log(line);
+      summary.push(line);
+      continue;
+    }
+    const t0 = Date.now();
+    try {
+      summary.push(...(await b.run()));
+    } catch (err) {
+      failed = true;
+      const line = `${b.name}: FAILED: ${err instanceof Error ? err.message : String(err)}`;
+      console.error(err);
+      summary.push(line);
+    }
+    console.log(`(${b.name}: ${((Date.now() - t0) / 1000).toFixed(0)} s)`);
+  }
+  if (chosen.length > 1) {
+    console.log('\n=== summary\n');
+    for (const line of summary) console.log(line);
+  }
+  return failed ? 1 : 0;
+}
+
+process.exitCode = await main();
