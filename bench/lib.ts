@@ -198,7 +198,6 @@ export function generatePolicy(devices: number, perDevice = 10, opts: GenerateOp
       mode: 'enforce',
       failMode: 'closed',
       addresses: { ipv4: address },
-      probes: [],
       entries,
       probes: [],
     });

@@ -24,6 +24,9 @@ usage: wardgate <command> [options]
   policy status     what the kernel runs, what is committed, what is pending (--json)
   policy restore    load the committed ruleset (boot time); the fail-safe one if it cannot
   policy schema     print the JSON Schema of policy files (--out-dir D: write both schemas)
+  console keygen    make a console's Ed25519 key pair (--out DIR [--id NAME])
+  console cmd       send a signed command: console cmd SITE/GATEWAY NAME [k=v ...] --url U --key F
+  console watch     live table of a site's gateways and devices (--url U --site S [--once])
   mqtt schemas      print the JSON Schema of every MQTT payload (--out-dir D: one file each)
   run               the agent: finishes pending changes and keeps the committed ruleset loaded
   demo              the whole system on this machine (a network namespace site when root)
@@ -53,6 +56,18 @@ export async function main(argv: string[], io: Io = processIo): Promise<number> 
         timeout: { type: 'string' },
         'out-dir': { type: 'string' },
         keep: { type: 'boolean' },
+        out: { type: 'string' },
+        id: { type: 'string' },
+        url: { type: 'string' },
+        key: { type: 'string' },
+        'key-id': { type: 'string' },
+        site: { type: 'string' },
+        once: { type: 'boolean' },
+        ttl: { type: 'string' },
+        protocol: { type: 'string' },
+        ca: { type: 'string' },
+        cert: { type: 'string' },
+        'cert-key': { type: 'string' },
         help: { type: 'boolean', short: 'h' },
       },
     });
@@ -85,6 +100,25 @@ export async function main(argv: string[], io: Io = processIo): Promise<number> 
           ...(v.timeout !== undefined ? { timeout: v.timeout } : {}),
           ...(v['out-dir'] !== undefined ? { outDir: v['out-dir'] } : {}),
         }, io);
+      case 'console': {
+        const { consoleCommand } = await import('./console.js');
+        return await consoleCommand(sub, positionals.slice(2), {
+          out: v.out,
+          id: v.id,
+          url: v.url,
+          key: v.key,
+          keyId: v['key-id'],
+          json: v.json,
+          site: v.site,
+          once: v.once,
+          timeout: v.timeout,
+          ttl: v.ttl,
+          protocol: v.protocol,
+          ca: v.ca,
+          cert: v.cert,
+          certKey: v['cert-key'],
+        }, io);
+      }
       case 'mqtt': {
         const { mqttCommand } = await import('./mqtt.js');
         return mqttCommand(sub, v['out-dir'] !== undefined ? { outDir: v['out-dir'] } : {}, io);

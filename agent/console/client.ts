@@ -26,6 +26,8 @@ export interface ConnectOptions {
   tls?: { ca?: string; cert?: string; key?: string };
   username?: string;
   password?: string;
+  /** Reconnect after a lost connection (watch); commands do not. */
+  reconnect?: boolean;
 }
 
 // [MQTT-3.2.2-5] 3.1.1 return code 1, 5.0 reason code 0x84: unsupported protocol version.
@@ -36,7 +38,7 @@ export async function connectConsole(url: string, opts: ConnectOptions = {}): Pr
   const base: IClientOptions = {
     clientId: `wardgate-console-${randomBytes(6).toString('hex')}`,
     clean: true,
-    reconnectPeriod: 0,
+    reconnectPeriod: opts.reconnect ? 2000 : 0,
     connectTimeout: opts.timeoutMs ?? 10000,
   };
   if (opts.tls?.ca !== undefined) base.ca = readFileSync(opts.tls.ca);
@@ -45,13 +47,16 @@ export async function connectConsole(url: string, opts: ConnectOptions = {}): Pr
   if (opts.username !== undefined) base.username = opts.username;
   if (opts.password !== undefined) base.password = opts.password;
   const version = opts.protocolVersion ?? 5;
+  const attempt = (v: 4 | 5) => mqtt.connectAsync(url, { ...base, protocolVersion: v }, false);
   try {
-    return { client: await mqtt.connectAsync(url, { ...base, protocolVersion: version }), protocolVersion: version };
-  } catch (err) {
-    const code = (err as { code?: unknown }).code;
-    if (version === 5 && typeof code === 'number' && UNSUPPORTED_VERSION.has(code)) {
-      return { client: await mqtt.connectAsync(url, { ...base, protocolVersion: 4 }), protocolVersion: 4 };
+    try {
+      return { client: await attempt(version), protocolVersion: version };
+    } catch (err) {
+      const code = (err as { code?: unknown }).code;
+      if (version === 5 && typeof code === 'number' && UNSUPPORTED_VERSION.has(code)) return { client: await attempt(4), protocolVersion: 4 };
+      throw err;
     }
+  } catch (err) {
     throw new ConsoleError('E_CONNECT', `cannot connect to ${url}: ${(err as Error).message}`);
   }
 }
@@ -122,7 +127,7 @@ export class CommandClient {
         reject(new ConsoleError('E_TIMEOUT', `no answer from ${to.site}/${to.gateway} within ${timeoutMs / 1000} s: is it online, and subscribed to its commands?`));
       }, timeoutMs);
     });
-    answer.catch(() => undefined); // a timeout during the publish is reported by the await below
+    void answer.catch(() => undefined); // a timeout during the publish is reported by the await below
     try {
       await this.client.publishAsync(topic, payload, {
         qos: 1,

@@ -393,9 +393,14 @@ export interface DispatcherOptions {
   now?: () => Date;
 }
 
+/** A topic name one may publish to: not empty, no wildcards or NUL [MQTT-4.7.0-1], not a $ topic. */
+function isPlainTopic(topic: string): boolean {
+  return topic.length > 0 && !/[+#]/.test(topic) && !topic.includes('\0') && !topic.startsWith('$');
+}
+
 /** A response topic an answer may be published to: one of `prefixes` or below it, no wildcards. */
 export function isAllowedResponseTopic(topic: string, prefixes: readonly string[]): boolean {
-  if (topic.length === 0 || topic.length > 1024 || /[+#\u0000]/.test(topic) || topic.startsWith('$')) return false;
+  if (!isPlainTopic(topic) || topic.length > 1024) return false;
   return prefixes.some((p) => topic === p || topic.startsWith(`${p}/`));
 }
 
@@ -407,7 +412,7 @@ export class CommandDispatcher {
   constructor(private readonly opts: DispatcherOptions) {
     this.topics = new Topics(opts.site, opts.gateway);
     for (const p of opts.responsePrefixes ?? []) {
-      if (p.length === 0 || /[+#\u0000]/.test(p) || p.endsWith('/') || p.startsWith('$')) {
+      if (!isPlainTopic(p) || p.endsWith('/')) {
         throw new RangeError(`response prefix "${p}": a topic without wildcards, "$" or a trailing "/"`);
       }
     }
