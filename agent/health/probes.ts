@@ -26,11 +26,11 @@ export interface ProbeTarget {
 /**
  * The first word of ProbeResult.error: timeout (no answer in time), refused (nothing listens),
  * unreachable (no route, no neighbour), reset (the peer dropped the connection), rejected (the
- * peer answered no: a DICOM association reject), exception (a Modbus exception response), status
- * (a DICOM status other than success), invalid (the probe could not be run as configured),
- * error (anything else).
+ * peer answered no: a DICOM association reject), aborted (a DICOM A-ABORT), exception (a Modbus
+ * exception response), status (a DICOM status other than success), invalid (the probe could not
+ * be run as configured), error (anything else).
  */
-export type ProbeErrorKind = 'timeout' | 'refused' | 'unreachable' | 'reset' | 'rejected' | 'exception' | 'status' | 'invalid' | 'error';
+export type ProbeErrorKind = 'timeout' | 'refused' | 'unreachable' | 'reset' | 'rejected' | 'aborted' | 'exception' | 'status' | 'invalid' | 'error';
 
 const MAX_ERROR_LENGTH = 160;
 
@@ -166,9 +166,10 @@ export function parsePingLatency(output: string): number | undefined {
 export async function probeIcmp(target: ProbeTarget, probe: IcmpProbe): Promise<ProbeResult> {
   const family = isIP(target.address);
   if (family === 0) return fail('icmp', 'invalid', `"${target.address}" is not an IP address`);
-  const waitSeconds = (probe.timeoutMs / 1000).toFixed(3);
-  // -n: no reverse lookups; -c 1: one echo; -W: how long to wait for the reply (iputils
-  // accepts fractions of a second).
+  // Whole seconds where the timeout allows: BusyBox and old iputils take only those.
+  // A fraction goes to newer iputils as it is; the kill timer below bounds the rest.
+  const waitSeconds = probe.timeoutMs % 1000 === 0 ? String(probe.timeoutMs / 1000) : (probe.timeoutMs / 1000).toFixed(3);
+  // -n: no reverse lookups; -c 1: one echo; -W: how long to wait for the reply.
   const args = [family === 6 ? '-6' : '-4', '-n', '-c', '1', '-W', waitSeconds, target.address];
   const start = performance.now();
   const { error, stdout, stderr } = await execPing(args, probe.timeoutMs + PING_GRACE_MS);
@@ -285,16 +286,28 @@ export async function probeModbus(target: ProbeTarget, probe: ModbusProbe): Prom
 // negotiation included; the result is returned once the association is released and the
 // socket closed, or at the deadline, whichever comes first.
 
+// Importing dcmjs-dimse enables every level of loglevel's root logger and prints each
+// association, at info, to the console: the agent's stdout, where its NDJSON logs go. wardgate
+// reports through results and its own logs (the protocol core does not log), so turn it off.
+dimse.log.setLevel('silent');
+
 const { Client } = dimse;
 const { CEchoRequest } = dimse.requests;
 const { Status } = dimse.constants;
 
 type DimseClient = InstanceType<typeof Client>;
 
-/** dcmjs-dimse has no way to drop a connection before an association exists; reach its socket. */
-function destroyDimseSocket(client: DimseClient): void {
-  const network = (client as unknown as { network?: { socket?: Socket } }).network;
-  network?.socket?.destroy();
+/**
+ * The client's connection, which dcmjs-dimse 0.3 keeps to itself: it offers no way to drop a
+ * connection before an association exists, and does not pass on an A-ABORT from the peer.
+ */
+interface DimseNetwork {
+  socket?: Socket;
+  on?(event: 'abort', listener: (abort: { source?: number; reason?: number }) => void): unknown;
+}
+
+function dimseNetwork(client: DimseClient): DimseNetwork | undefined {
+  return (client as unknown as { network?: DimseNetwork }).network;
 }
 
 // PS3.8 9.3.4: A-ASSOCIATE-RJ result, source and reason.
@@ -347,13 +360,23 @@ export async function probeDicom(target: ProbeTarget, probe: DicomProbe): Promis
       });
     } catch (err) {
       resolve(fail('dicom', 'error', errorMessage(err)));
+      return;
     }
+    // PS3.8 9.3.8: after an A-ABORT the association is over and the transport is closed; the
+    // library neither reports it nor closes, so the probe would wait for its deadline.
+    const network = dimseNetwork(client);
+    network?.on?.('abort', (abort) => {
+      // PS3.8 9.3.8: source 0 is the service user (the peer's application), 2 the provider.
+      const by = abort.source === 0 ? 'the peer' : abort.source === 2 ? 'the peer\'s DICOM stack' : `source ${String(abort.source)}`;
+      outcome ??= fail('dicom', 'aborted', `association aborted by ${by} (reason ${String(abort.reason)})`);
+      network.socket?.destroy();
+    });
   });
   try {
     // A peer that answered the C-ECHO but not the release still answered.
     return await withDeadline(work, probe.timeoutMs, () => outcome ?? fail('dicom', 'timeout', `no C-ECHO response within ${probe.timeoutMs} ms`));
   } finally {
-    destroyDimseSocket(client);
+    dimseNetwork(client)?.socket?.destroy();
   }
 }
 
