@@ -1,10 +1,33 @@
 // One controller builds every module of the agent and wires them together; each module has
 // start()/stop(), and its constructor only stores what it is given. A module whose start fails
 // is reported and left out; it does not take the agent down (the kernel keeps enforcing).
+//
+// The data path is one way: kernel and probes -> events and health -> outbox -> MQTT.
+import { randomUUID } from 'node:crypto';
+import { join } from 'node:path';
 import type { Logger } from 'pino';
-import { chooseBackend, manager, stateDirOnly, type GlobalOptions } from './cli/context.js';
+import { resolveBoard } from '../hardware/boards/index.js';
+import { openAuditLog, type AuditLog } from './audit/log.js';
+import { chooseBackend, gatewayOnly, loadAndCompile, manager, type GlobalOptions } from './cli/context.js';
 import type { Io } from './cli/io.js';
-import { PolicyKeeper } from './policy/keeper.js';
+import { loadConfig } from './config/load.js';
+import type { GatewayConfig } from './config/schema.js';
+import { DeviceHealthModel, monitoredDevice, type DeviceTransition } from './health/devices.js';
+import { HardwareWatchdog, StatusLed } from './health/leds.js';
+import { rulesetCounters, rulesetHealth } from './health/ruleset.js';
+import { SdNotify } from './health/sdnotify.js';
+import { readVitals, roleInterfaces } from './health/vitals.js';
+import { startEmbeddedBroker, type EmbeddedBroker } from './mqtt/broker.js';
+import { CommandDispatcher, CommandVerifier, type CommandHandler } from './mqtt/commands.js';
+import { MqttLink } from './mqtt/link.js';
+import { Outbox, type Priority } from './mqtt/outbox.js';
+import { envelope, type DeviceHealthPayload, type EventPayload, type HealthPayload, type Severity } from './mqtt/topics.js';
+import type { PolicyManager } from './policy/apply.js';
+import type { Backend } from './policy/backend.js';
+import { PolicyKeeper, type KeeperEvent } from './policy/keeper.js';
+import { buildModel, type ResolvedDevice } from './policy/model.js';
+import { runProbe } from './health/probes.js';
+import { VERSION } from './version.js';
 
 interface Module {
   name: string;
@@ -12,8 +35,21 @@ interface Module {
   stop(): Promise<void> | void;
 }
 
+const PRIORITY: Record<Severity, Priority> = { info: 'low', warning: 'normal', critical: 'high' };
+
 export class Controller {
   private readonly started: Module[] = [];
+  private readonly bootId = randomUUID();
+  private config!: GatewayConfig;
+  private stateDir!: string;
+  private backend!: Backend;
+  private policy!: PolicyManager;
+  private keeper!: PolicyKeeper;
+  private outbox: Outbox | undefined;
+  private link: MqttLink | undefined;
+  private devices: DeviceHealthModel | undefined;
+  private resolved: ResolvedDevice[] = [];
+  private audit: AuditLog | undefined;
 
   constructor(
     private readonly opts: GlobalOptions,
@@ -30,14 +66,251 @@ export class Controller {
     }
   }
 
+  /** Queues a message for the consoles (nothing is sent before the birth), and drains. */
+  private publish(topic: string, payload: object, opts: { retain?: boolean; priority: Priority }): void {
+    if (!this.outbox) return;
+    this.outbox.push({ topic, payload: JSON.stringify(payload), retain: opts.retain ?? false, priority: opts.priority });
+    this.link?.kick();
+  }
+
+  event(severity: Severity, kind: string, message: string, extra: { device?: string; dedupKey?: string; data?: Record<string, unknown> } = {}): void {
+    const g = this.config;
+    const payload: EventPayload = {
+      ...envelope('event', g.site, g.gateway),
+      severity,
+      kind,
+      dedupKey: extra.dedupKey ?? `${kind}:${extra.device ?? g.gateway}`,
+      message,
+      ...(extra.device !== undefined ? { device: extra.device } : {}),
+      ...(extra.data !== undefined ? { data: extra.data } : {}),
+    };
+    this.log.info({ event: kind, severity, device: extra.device }, message);
+    if (this.link) this.publish(this.link.topics.events(), payload, { priority: PRIORITY[severity] });
+  }
+
+  private onKeeperEvent(e: KeeperEvent): void {
+    switch (e.kind) {
+      case 'policy.rollback':
+        this.event('warning', e.kind, `change ${e.change} was not confirmed in time and was rolled back`, { data: { change: e.change } });
+        break;
+      case 'policy.drift':
+        this.event('critical', e.kind, `the wardgate table was ${e.kernel === 'absent' ? 'removed' : 'altered'} outside wardgate; the ${e.restored} ruleset was loaded again`, {
+          data: { kernel: e.kernel, restored: e.restored, ...(e.reason ? { reason: e.reason } : {}) },
+        });
+        break;
+      case 'policy.degraded':
+        this.event('critical', e.kind, 'DEGRADED: the fail-safe ruleset is loaded because the committed one could not be');
+        break;
+    }
+  }
+
+  async health(): Promise<HealthPayload> {
+    const g = this.config;
+    const board = await resolveBoard(g.health.board, g.health.rootPath);
+    const vitals = await readVitals({ rootPath: g.health.rootPath, board: board.profile, interfaces: roleInterfaces(g.interfaces), stateDir: this.stateDir });
+    const status = this.keeper.status ?? (await this.policy.status());
+    const counters = rulesetCounters(await this.backend.listJson());
+    const stats = this.outbox?.stats();
+    return {
+      ...envelope('health', g.site, g.gateway),
+      board: vitals.board,
+      uptimeSeconds: vitals.uptimeSeconds,
+      load: vitals.load,
+      cpuCount: vitals.cpuCount,
+      memory: vitals.memory,
+      disk: vitals.disk,
+      temperatureC: vitals.temperatureC,
+      interfaces: vitals.interfaces,
+      ruleset: rulesetHealth(status, counters),
+      agent: { version: VERSION, ...vitals.agent },
+      outbox: { depth: stats?.depth ?? 0, bytes: stats?.bytes ?? 0, dropped: stats?.dropped ?? 0 },
+    };
+  }
+
+  private deviceHealth(id: string): DeviceHealthPayload | undefined {
+    const snap = this.devices?.snapshot(id);
+    if (!snap) return undefined;
+    return { ...envelope('device-health', this.config.site, this.config.gateway), ...snap };
+  }
+
+  private onTransition(t: DeviceTransition): void {
+    const dev = this.resolved.find((d) => d.id === t.device);
+    const payload = this.deviceHealth(t.device);
+    if (payload && this.link) this.publish(this.link.topics.deviceHealth(t.device), payload, { retain: true, priority: 'normal' });
+    if (t.from === 'unknown' && t.to === 'up') return; // the first answer is not news
+    const serious = dev?.criticality === 'life-critical' || dev?.criticality === 'high';
+    const severity: Severity = t.to === 'up' ? 'info' : t.to === 'down' ? (serious ? 'critical' : 'warning') : 'warning';
+    this.event(severity, 'device.state', `device ${t.device} is ${t.to} (was ${t.from})`, {
+      device: t.device,
+      dedupKey: `device.state:${t.device}`,
+      data: { from: t.from, to: t.to, probes: t.probes },
+    });
+  }
+
+  private handlers(): Record<string, CommandHandler> {
+    return {
+      ping: () => Promise.resolve({ pong: true, bootId: this.bootId, version: VERSION }),
+      'health.now': async () => {
+        const h = await this.health();
+        if (this.link) this.publish(this.link.topics.health(), h, { priority: 'low' });
+        return h;
+      },
+      probe: async (args) => {
+        const id = typeof args.device === 'string' ? args.device : undefined;
+        const dev = this.resolved.find((d) => d.id === id);
+        if (!dev) throw new Error(`no device "${String(id)}" on this gateway`);
+        const target = monitoredDevice(dev);
+        if (target.address === undefined) throw new Error(`device ${dev.id} has no address to probe`);
+        const address = target.address;
+        return { device: dev.id, probes: await Promise.all(dev.probes.map((p) => runProbe({ address }, p))) };
+      },
+      'policy.status': () => this.policy.status(),
+      'policy.apply': async (args) => {
+        const l = loadAndCompile(this.opts);
+        const timeout = typeof args.timeoutSeconds === 'number' ? args.timeoutSeconds : l.model.gateway.commitConfirm.timeoutSeconds;
+        const pending = await this.policy.apply(l.compiled, l.failsafe, l.model.hash, timeout);
+        return { change: pending.id, deadline: new Date(pending.deadline).toISOString(), policyHash: l.model.hash };
+      },
+      'policy.confirm': async () => this.policy.confirm(),
+    };
+  }
+
   async start(): Promise<void> {
-    const stateDir = stateDirOnly(this.opts);
-    const { backend, notice } = chooseBackend(this.opts, stateDir);
+    const g = gatewayOnly(this.opts);
+    this.config = g.config;
+    this.stateDir = g.stateDir;
+    const { backend, notice } = chooseBackend(this.opts, this.stateDir);
     if (notice) this.io.err(notice);
-    const policy = manager(backend, stateDir);
-    this.log.info({ stateDir, backend: backend.description }, 'agent started');
-    const keeper = new PolicyKeeper(policy, this.log);
-    await this.startModule({ name: 'policy', start: () => keeper.start(), stop: () => keeper.stop() });
+    this.backend = backend;
+    this.policy = manager(backend, this.stateDir);
+    this.log.info({ stateDir: this.stateDir, backend: backend.description, bootId: this.bootId }, 'agent started');
+
+    this.keeper = new PolicyKeeper(this.policy, this.log, (e) => this.onKeeperEvent(e));
+    await this.startModule({ name: 'policy', start: () => this.keeper.start(), stop: () => this.keeper.stop() });
+
+    await this.startModule({
+      name: 'audit',
+      start: () => {
+        this.audit = openAuditLog(join(this.stateDir, 'audit'));
+      },
+      stop: () => this.audit?.close(),
+    });
+
+    try {
+      this.resolved = buildModel(loadConfig(g.path)).devices;
+    } catch (err) {
+      this.log.error({ err: (err as Error).message }, 'the policy files do not load: no device is probed until they do');
+    }
+
+    const mqttConfig = this.config.mqtt;
+    if (mqttConfig) {
+      await this.startModule({
+        name: 'outbox',
+        start: () => {
+          this.outbox = Outbox.open(join(this.stateDir, 'outbox'), this.config.outbox);
+        },
+        stop: () => this.outbox?.close(),
+      });
+      const embedded = mqttConfig.embeddedBroker;
+      if (embedded) {
+        let broker: EmbeddedBroker | undefined;
+        await this.startModule({
+          name: 'broker',
+          start: async () => {
+            broker = await startEmbeddedBroker(embedded);
+          },
+          stop: () => broker?.close(),
+        });
+      }
+      if (this.outbox) {
+        const outbox = this.outbox;
+        let dispatcher: CommandDispatcher | undefined;
+        await this.startModule({
+          name: 'commands',
+          start: () => {
+            const handlers = this.handlers();
+            const verifier = new CommandVerifier({ site: g.config.site, gateway: g.config.gateway, config: g.config.commands, stateDir: this.stateDir, commands: Object.keys(handlers) });
+            // Without the audit log, commands are refused: every command must leave a record.
+            if (!this.audit) throw new Error('the audit log is not open: commands are off');
+            dispatcher = new CommandDispatcher({ site: g.config.site, gateway: g.config.gateway, verifier, handlers, audit: this.audit });
+          },
+          stop: () => {},
+        });
+        const link = new MqttLink({
+          config: mqttConfig,
+          site: g.config.site,
+          gateway: g.config.gateway,
+          bootId: this.bootId,
+          version: VERSION,
+          policyHash: () => this.keeper.status?.committed?.policyHash ?? null,
+          outbox,
+          log: this.log,
+          onCommand: (topic, payload, packet) => {
+            if (!dispatcher) return;
+            void dispatcher.handle(topic, payload, packet.properties ?? {}).then(async (a) => {
+              const props = link.version === 5 && a.correlationData ? { properties: { correlationData: a.correlationData } } : {};
+              await link.publishNow(a.responseTopic, a.payload, props);
+            }).catch((err: unknown) => this.log.error({ err: (err as Error).message }, 'command answer failed'));
+          },
+        });
+        this.link = link;
+        await this.startModule({ name: 'mqtt', start: () => link.start(), stop: () => link.stop() });
+      }
+    }
+
+    let healthTimer: NodeJS.Timeout | undefined;
+    await this.startModule({
+      name: 'health',
+      start: () => {
+        const tick = () => {
+          void this.health()
+            .then((h) => this.link && this.publish(this.link.topics.health(), h, { priority: 'low' }))
+            .catch((err: unknown) => this.log.error({ err: (err as Error).message }, 'health failed'));
+        };
+        tick();
+        healthTimer = setInterval(tick, this.config.health.intervalSeconds * 1000);
+      },
+      stop: () => clearInterval(healthTimer),
+    });
+
+    const devices = new DeviceHealthModel({ devices: this.resolved.map(monitoredDevice) });
+    devices.on('transition', (t) => this.onTransition(t));
+    this.devices = devices;
+    await this.startModule({ name: 'devices', start: () => devices.start(), stop: () => devices.stop() });
+
+    const hw = this.config.health;
+    if (hw.watchdog) {
+      const dog = new HardwareWatchdog(hw.watchdog, { onError: (err) => this.log.error({ err: err.message }, 'watchdog') });
+      await this.startModule({ name: 'watchdog', start: () => dog.start(), stop: () => dog.stop() });
+    }
+    if (hw.statusLed) {
+      const led = new StatusLed(hw.statusLed, { onError: (err) => this.log.error({ err: err.message }, 'status LED') });
+      let ledTimer: NodeJS.Timeout | undefined;
+      await this.startModule({
+        name: 'led',
+        start: async () => {
+          await led.set('on');
+          ledTimer = setInterval(() => void led.set(this.keeper.status?.kernel === 'failsafe' || (this.link && !this.link.isOnline) ? 'blink' : 'on'), 2000);
+        },
+        stop: async () => {
+          clearInterval(ledTimer);
+          await led.set('off');
+        },
+      });
+    }
+
+    const sd = new SdNotify();
+    await this.startModule({
+      name: 'systemd',
+      start: async () => {
+        await sd.ready(`enforcing; ${this.resolved.length} device(s)`);
+        sd.startWatchdog(() => true);
+      },
+      stop: async () => {
+        sd.stop();
+        await sd.stopping();
+      },
+    });
   }
 
   async stop(): Promise<void> {

@@ -3,6 +3,7 @@
 import { existsSync } from 'node:fs';
 import { isAbsolute, join, resolve } from 'node:path';
 import { loadConfig, loadGatewayText } from '../config/load.js';
+import type { GatewayConfig } from '../config/schema.js';
 import { ConfigError } from '../config/diagnostics.js';
 import { readIfExists } from '../util/fsx.js';
 import { DryRunBackend, NftBackend, nftAvailable, type Backend } from '../policy/backend.js';
@@ -57,16 +58,21 @@ export function stateDirOf(opts: GlobalOptions, configured: string, root: string
   return isAbsolute(dir) ? dir : join(root, dir);
 }
 
-/** The state directory, from --state-dir or the gateway file alone (policies are not read). */
-export function stateDirOnly(opts: GlobalOptions): string {
-  const explicit = opts.stateDir ?? process.env.WARDGATE_STATE_DIR;
-  if (explicit !== undefined) return resolve(explicit);
+/** The gateway file alone (policies are not read): a broken policy must not stop the agent. */
+export function gatewayOnly(opts: GlobalOptions): { path: string; config: GatewayConfig; stateDir: string } {
   const path = gatewayPath(opts);
   const text = readIfExists(path);
   if (text === undefined) throw new UsageError(`${path}: file not found`);
   const g = loadGatewayText(path, text);
   if (!g.gateway) throw new ConfigError(g.diagnostics);
-  return stateDirOf(opts, g.gateway.config.stateDir, g.gateway.root);
+  return { path, config: g.gateway.config, stateDir: stateDirOf(opts, g.gateway.config.stateDir, g.gateway.root) };
+}
+
+/** The state directory, from --state-dir or the gateway file alone. */
+export function stateDirOnly(opts: GlobalOptions): string {
+  const explicit = opts.stateDir ?? process.env.WARDGATE_STATE_DIR;
+  if (explicit !== undefined) return resolve(explicit);
+  return gatewayOnly(opts).stateDir;
 }
 
 export function chooseBackend(opts: GlobalOptions, stateDir: string): { backend: Backend; notice?: string } {

@@ -24,6 +24,8 @@ usage: wardgate <command> [options]
   policy status     what the kernel runs, what is committed, what is pending (--json)
   policy restore    load the committed ruleset (boot time); the fail-safe one if it cannot
   policy schema     print the JSON Schema of policy files (--out-dir D: write both schemas)
+  audit verify      check the audit log's hash chain; exit 1 naming the first bad line (--json)
+  audit show        print the audit records (--json)
   console keygen    make a console's Ed25519 key pair (--out DIR [--id NAME])
   console cmd       send a signed command: console cmd SITE/GATEWAY NAME [k=v ...] --url U --key F
   console watch     live table of a site's gateways and devices (--url U --site S [--once])
@@ -37,6 +39,7 @@ options:
   --state-dir DIR   override the gateway file's stateDir
   --backend B       auto (default), nft, or dry-run (writes the ruleset to a file, enforces nothing)
   --netns NAME      drive nftables inside network namespace NAME
+  --file PATH       audit: a log file anywhere instead of <stateDir>/audit/audit.ndjson
 `;
 
 export async function main(argv: string[], io: Io = processIo): Promise<number> {
@@ -57,6 +60,7 @@ export async function main(argv: string[], io: Io = processIo): Promise<number> 
         'out-dir': { type: 'string' },
         keep: { type: 'boolean' },
         out: { type: 'string' },
+        file: { type: 'string' },
         id: { type: 'string' },
         url: { type: 'string' },
         key: { type: 'string' },
@@ -100,6 +104,14 @@ export async function main(argv: string[], io: Io = processIo): Promise<number> 
           ...(v.timeout !== undefined ? { timeout: v.timeout } : {}),
           ...(v['out-dir'] !== undefined ? { outDir: v['out-dir'] } : {}),
         }, io);
+      case 'audit': {
+        const { auditCommand } = await import('./audit.js');
+        return await auditCommand(sub, {
+          ...global,
+          ...(v.json !== undefined ? { json: v.json } : {}),
+          ...(v.file !== undefined ? { file: v.file } : {}),
+        }, io);
+      }
       case 'console': {
         const { consoleCommand } = await import('./console.js');
         return await consoleCommand(sub, positionals.slice(2), {

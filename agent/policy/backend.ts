@@ -36,6 +36,8 @@ export interface Backend {
   load(text: string): Promise<void>;
   /** Our table as the kernel has it, without counter values; undefined when absent. */
   listTable(opts?: { stateful?: boolean }): Promise<string | undefined>;
+  /** Our table as `nft -j` lists it (with counters), for health; undefined when absent or dry run. */
+  listJson(): Promise<string | undefined>;
   /** Removes our table if present. */
   deleteTable(): Promise<void>;
   /** Loads back, atomically, a table as listTable({ stateful: true }) returned it. */
@@ -107,6 +109,11 @@ export class NftBackend implements Backend {
     throw new NftError(`nft list failed: ${r.stderr.trim()}`, parseNftErrors(r.stderr));
   }
 
+  async listJson(): Promise<string | undefined> {
+    const r = await this.nft(['-j', 'list', 'table', FAMILY, TABLE]);
+    return r.code === 0 ? r.stdout : undefined;
+  }
+
   async deleteTable(): Promise<void> {
     // "add" first so that deleting an absent table is not an error; both in one transaction.
     await this.load(`table ${FAMILY} ${TABLE}\ndelete table ${FAMILY} ${TABLE}\n`);
@@ -160,6 +167,10 @@ export class DryRunBackend implements Backend {
   async listTable(): Promise<string | undefined> {
     const text = readIfExists(this.file);
     return Promise.resolve(text === undefined || text.trim() === '' ? undefined : text);
+  }
+
+  listJson(): Promise<string | undefined> {
+    return Promise.resolve(undefined);
   }
 
   async deleteTable(): Promise<void> {
