@@ -99,7 +99,7 @@ export class Controller {
         });
         break;
       case 'policy.degraded':
-        this.event('critical', e.kind, 'DEGRADED: the fail-safe ruleset is loaded because the committed one could not be');
+        this.event('critical', e.kind, 'the fail-safe ruleset is loaded because the committed one could not be');
         break;
     }
   }
