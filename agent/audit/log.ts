@@ -5,9 +5,9 @@
 // append: a short lock around each append, and a re-read of the tail when another process has
 // written since, keep one chain. Format and checks: docs/audit.md.
 import { createHash } from 'node:crypto';
-import { closeSync, existsSync, fdatasyncSync, fstatSync, fsyncSync, ftruncateSync, mkdirSync, openSync, readSync, statSync, writeSync } from 'node:fs';
+import { closeSync, existsSync, fdatasyncSync, fstatSync, fsyncSync, ftruncateSync, mkdirSync, openSync, readSync, writeSync } from 'node:fs';
 import { dirname, join } from 'node:path';
-import { LockError, pidAlive, readIfExists, removeIfExists, writeFileAtomic } from '../util/fsx.js';
+import { LockError, removeIfExists, tryPidLock, writeFileAtomic } from '../util/fsx.js';
 import type { AuditRecord, AuditSink } from './types.js';
 
 /** The `prev` of the first line. */
@@ -95,30 +95,10 @@ const pause = new Int32Array(new SharedArrayBuffer(4));
 function lockSync(path: string, waitMs = 5000): () => void {
   const start = Date.now();
   for (;;) {
-    try {
-      const fd = openSync(path, 'wx', 0o640);
-      writeSync(fd, String(process.pid));
-      closeSync(fd);
-      return () => removeIfExists(path);
-    } catch (err) {
-      if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
-    }
-    const holder = Number(readIfExists(path) ?? '');
-    if (Number.isInteger(holder) && holder > 0) {
-      if (!pidAlive(holder)) removeIfExists(path); // left by a process that died
-    } else if (ageMs(path) > 2000) {
-      removeIfExists(path); // created, never written: its creator died at once
-    }
+    const holder = tryPidLock(path);
+    if (holder === undefined) return () => removeIfExists(path);
     if (Date.now() - start > waitMs) throw new LockError(`another process (pid ${holder || '?'}) holds ${path}`);
     Atomics.wait(pause, 0, 0, 5);
-  }
-}
-
-function ageMs(path: string): number {
-  try {
-    return Date.now() - statSync(path).mtimeMs;
-  } catch {
-    return 0;
   }
 }
 

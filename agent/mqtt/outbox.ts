@@ -8,7 +8,7 @@
 import { closeSync, fdatasyncSync, fstatSync, fsyncSync, ftruncateSync, mkdirSync, openSync, readSync, renameSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
 import { crc32 } from 'node:zlib';
-import { LockError, pidAlive, readIfExists, removeIfExists } from '../util/fsx.js';
+import { LockError, removeIfExists, tryPidLock } from '../util/fsx.js';
 
 export const PRIORITIES = ['low', 'normal', 'high'] as const;
 export type Priority = (typeof PRIORITIES)[number];
@@ -148,20 +148,8 @@ function fsyncDir(dir: string): void {
 
 /** One process owns an outbox; a lock left by a dead one (kill -9, power loss) is taken over. */
 function takeLock(path: string): void {
-  for (let attempt = 0; attempt < 3; attempt++) {
-    try {
-      const fd = openSync(path, 'wx', 0o640);
-      writeSync(fd, String(process.pid));
-      closeSync(fd);
-      return;
-    } catch (err) {
-      if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
-      const holder = Number(readIfExists(path) ?? '');
-      if (Number.isInteger(holder) && holder > 0 && pidAlive(holder)) throw new LockError(`the outbox is open in process ${holder} (${path})`);
-      removeIfExists(path);
-    }
-  }
-  throw new LockError(`could not take ${path}`);
+  const holder = tryPidLock(path);
+  if (holder !== undefined) throw new LockError(`the outbox is open in process ${holder || '?'} (${path})`);
 }
 
 function checkOptions(o: OutboxOptions): void {

@@ -1,6 +1,6 @@
 // Crash-safe file writes (temp file, fsync, rename, fsync of the directory) and a lock that
 // serialises every change to the ruleset. Node-RED learned the first from power loss on Pis.
-import { closeSync, existsSync, fsyncSync, openSync, readFileSync, renameSync, rmSync, writeSync, copyFileSync, mkdirSync } from 'node:fs';
+import { closeSync, copyFileSync, existsSync, fsyncSync, mkdirSync, openSync, readFileSync, renameSync, rmSync, statSync, writeSync } from 'node:fs';
 import { dirname, basename, join } from 'node:path';
 
 export function writeFileAtomic(path: string, data: string | Buffer, opts: { mode?: number; keepPrevious?: boolean } = {}): void {
@@ -50,29 +50,47 @@ export class LockError extends Error {
   readonly code = 'E_LOCKED';
 }
 
+function ageMs(path: string): number {
+  try {
+    return Date.now() - statSync(path).mtimeMs;
+  } catch {
+    return 0;
+  }
+}
+
 /**
- * Runs `fn` holding an exclusive lock file. A lock left by a dead process (kill -9, power
- * loss) is taken over; a live holder is waited for up to `waitMs`.
+ * Tries once to take a pid lock file (created exclusively, holding our pid). Returns undefined
+ * when taken, or the holder's pid (0 while its creator has not written it yet). A lock left by a
+ * dead process (kill -9, power loss), or one left empty for 2 s, is taken over.
  */
-export async function withLock<T>(path: string, fn: () => Promise<T>, waitMs = 15000): Promise<T> {
-  mkdirSync(dirname(path), { recursive: true, mode: 0o750 });
-  const start = Date.now();
-  for (;;) {
+export function tryPidLock(path: string): number | undefined {
+  for (let attempt = 0; attempt < 2; attempt++) {
     try {
       const fd = openSync(path, 'wx', 0o640);
       writeSync(fd, String(process.pid));
       closeSync(fd);
-      break;
+      return undefined;
     } catch (err) {
       if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
-      const holder = Number(readIfExists(path) ?? '');
-      if (!Number.isInteger(holder) || holder <= 0 || !pidAlive(holder)) {
-        removeIfExists(path);
-        continue;
-      }
-      if (Date.now() - start > waitMs) throw new LockError(`another wardgate process (pid ${holder}) holds ${path}`);
-      await new Promise((r) => setTimeout(r, 100));
     }
+    const holder = Number(readIfExists(path) ?? '');
+    const known = Number.isInteger(holder) && holder > 0;
+    const stale = known ? !pidAlive(holder) : ageMs(path) > 2000;
+    if (!stale) return known ? holder : 0;
+    removeIfExists(path);
+  }
+  return 0;
+}
+
+/** Runs `fn` holding an exclusive lock file; a live holder is waited for up to `waitMs`. */
+export async function withLock<T>(path: string, fn: () => Promise<T>, waitMs = 15000): Promise<T> {
+  mkdirSync(dirname(path), { recursive: true, mode: 0o750 });
+  const start = Date.now();
+  for (;;) {
+    const holder = tryPidLock(path);
+    if (holder === undefined) break;
+    if (Date.now() - start > waitMs) throw new LockError(`another wardgate process (pid ${holder || '?'}) holds ${path}`);
+    await new Promise((r) => setTimeout(r, 100));
   }
   try {
     return await fn();
