@@ -8,7 +8,7 @@ import type { SourceRef } from '../agent/config/diagnostics.js';
 import type { Model, ResolvedDevice, ResolvedEntry } from '../agent/policy/model.js';
 import { formatAddress, formatRange, parseIPv4, type Family } from '../agent/policy/net.js';
 import { nftAvailable } from '../agent/policy/backend.js';
-import { removeStaleSites, sh } from '../hardware/netns-site.js';
+import { deleteNamespace, removeStaleSites, sh } from '../hardware/netns-site.js';
 
 export const VERSION = 'bench';
 
@@ -110,17 +110,7 @@ export function withNetns<T>(body: (ns: string) => Promise<T>): Promise<T> {
       await must('ip', ['netns', 'add', ns]);
       return ns;
     },
-    async (ns) => {
-      const pids = await sh('ip', ['netns', 'pids', ns]);
-      for (const pid of pids.stdout.split('\n').filter(Boolean)) {
-        try {
-          process.kill(Number(pid), 'SIGKILL');
-        } catch {
-          // gone already
-        }
-      }
-      await sh('ip', ['netns', 'del', ns]);
-    },
+    deleteNamespace,
     body,
   );
 }

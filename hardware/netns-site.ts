@@ -139,18 +139,21 @@ export class NetnsSite {
 
   async destroy(): Promise<void> {
     for (const c of this.children) c.kill('SIGKILL');
-    for (const ns of this.namespaces) {
-      const pids = await sh('ip', ['netns', 'pids', ns]);
-      for (const pid of pids.stdout.split('\n').filter(Boolean)) {
-        try {
-          process.kill(Number(pid), 'SIGKILL');
-        } catch {
-          // gone already
-        }
-      }
-      await sh('ip', ['netns', 'del', ns]);
+    for (const ns of this.namespaces) await deleteNamespace(ns);
+  }
+}
+
+/** Kills what still runs in a namespace, then deletes it. */
+export async function deleteNamespace(ns: string): Promise<void> {
+  const pids = await sh('ip', ['netns', 'pids', ns]);
+  for (const pid of pids.stdout.split('\n').filter(Boolean)) {
+    try {
+      process.kill(Number(pid), 'SIGKILL');
+    } catch {
+      // gone already
     }
   }
+  await sh('ip', ['netns', 'del', ns]);
 }
 
 /** Removes namespaces left by runs whose process died (kill -9 of a test runner). */
