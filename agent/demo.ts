@@ -2,13 +2,14 @@
 // network namespaces (a PACS, a lab middleware host, a stranger, a CT scanner and a lab
 // analyzer), the example policies applied to its gateway with commit-confirm, and real
 // connections that show what passes and what is dropped. Without root: a dry run into a
-// temporary state directory. Either way it says what it did.
+// temporary state directory. Then health over MQTT (demo-mqtt.ts). It says what it did.
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { NetnsSite } from '../hardware/netns-site.js';
 import { nftAvailable } from './policy/backend.js';
 import { policyCommand } from './cli/policy.js';
+import { runMqttDemo } from './demo-mqtt.js';
 import type { Io } from './cli/io.js';
 import { PACKAGE_ROOT } from './version.js';
 
@@ -60,7 +61,7 @@ export async function runDemo(opts: { keep: boolean }, io: Io): Promise<number> 
     await policyCommand('confirm', { gateway, backend: 'dry-run' }, io);
     io.out(`ruleset: ${join(work, 'state', 'dry-run', 'ruleset.nft')}`);
     io.out('run as root (sudo npm start) to see it enforced in a network-namespace site');
-    return 0;
+    return (await runMqttDemo(work, opts, io)) === 0 ? 0 : 1;
   }
 
   const prefix = `wgdemo${process.pid}`;
@@ -93,6 +94,7 @@ export async function runDemo(opts: { keep: boolean }, io: Io): Promise<number> 
       io.out(`\n--keep: the site stays up. Look: ip netns exec ${site.gw} nft list table inet wardgate`);
       io.out(`remove it: for n in $(ip netns list | grep ${prefix} | cut -d' ' -f1); do ip netns del $n; done`);
     }
+    surprises += await runMqttDemo(work, opts, io);
     return surprises === 0 ? 0 : 1;
   } finally {
     if (!opts.keep) {
