@@ -1,0 +1,27 @@
+// `wardgate demo` (what `npm start` runs) does what it says: as root, a namespace site where
+// allowed connections pass and the rest are dropped; without root, a dry run; then health over
+// MQTT. It exits non-zero on any surprise, so the exit code is the verdict.
+import { spawnSync } from 'node:child_process';
+import { join } from 'node:path';
+import { describe, expect, it } from 'vitest';
+
+const CLI = join(import.meta.dirname, '..', '..', 'bin', 'wardgate.js');
+
+describe('wardgate demo', () => {
+  it('runs the whole system on this machine and leaves nothing behind', () => {
+    const r = spawnSync(process.execPath, [CLI, 'demo'], { encoding: 'utf8', timeout: 90000 });
+    expect(r.status, r.stdout + r.stderr).toBe(0);
+    if (process.getuid?.() === 0) {
+      expect(r.stdout).toMatch(/PASSED {2}pacs -> CT scanner ct-01:104/);
+      expect(r.stdout).toMatch(/DROPPED stranger -> CT scanner ct-01:104/);
+      expect(r.stdout).toContain('site removed');
+    } else {
+      expect(r.stdout).toContain('DRY RUN');
+    }
+    expect(r.stdout).toMatch(/devices\/lab-analyzer-01\/health: up/);
+    expect(r.stdout).toMatch(/answer: ok=true \{"pong":true/);
+    expect(r.stdout).toMatch(/answer: ok=false \{"code":"E_MALFORMED"/);
+    expect(r.stdout).toMatch(/status: offline \(session 1, shutdown\)/);
+    expect(spawnSync('ip', ['netns', 'list'], { encoding: 'utf8' }).stdout).not.toMatch(/^wgdemo/m);
+  });
+});
