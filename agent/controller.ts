@@ -24,6 +24,7 @@ import { Outbox, type Priority } from './mqtt/outbox.js';
 import { envelope, type DeviceHealthPayload, type EventPayload, type HealthPayload, type Severity } from './mqtt/topics.js';
 import type { PolicyManager } from './policy/apply.js';
 import type { Backend } from './policy/backend.js';
+import { ensureBridgeNetfilter } from './policy/bridge.js';
 import { PolicyKeeper, type KeeperEvent } from './policy/keeper.js';
 import { buildModel, type ResolvedDevice } from './policy/model.js';
 import { runProbe } from './health/probes.js';
@@ -84,7 +85,8 @@ export class Controller {
       ...(extra.device !== undefined ? { device: extra.device } : {}),
       ...(extra.data !== undefined ? { data: extra.data } : {}),
     };
-    this.log.info({ event: kind, severity, device: extra.device }, message);
+    // The payload id is logged so that a delivery can be traced from the gateway's log to a console.
+    this.log.info({ event: kind, severity, device: extra.device, id: payload.id }, message);
     if (this.link) this.publish(this.link.topics.events(), payload, { priority: PRIORITY[severity] });
   }
 
@@ -168,8 +170,9 @@ export class Controller {
       'policy.apply': async (args) => {
         const l = loadAndCompile(this.opts);
         const timeout = typeof args.timeoutSeconds === 'number' ? args.timeoutSeconds : l.model.gateway.commitConfirm.timeoutSeconds;
+        const notes = l.model.gateway.mode === 'bridge' ? await ensureBridgeNetfilter(this.backend, true) : [];
         const pending = await this.policy.apply(l.compiled, l.failsafe, l.model.hash, timeout);
-        return { change: pending.id, deadline: new Date(pending.deadline).toISOString(), policyHash: l.model.hash };
+        return { change: pending.id, deadline: new Date(pending.deadline).toISOString(), policyHash: l.model.hash, notes };
       },
       'policy.confirm': async () => this.policy.confirm(),
     };
@@ -182,11 +185,7 @@ export class Controller {
     const { backend, notice } = chooseBackend(this.opts, this.stateDir);
     if (notice) this.io.err(notice);
     this.backend = backend;
-    this.policy = manager(backend, this.stateDir);
     this.log.info({ stateDir: this.stateDir, backend: backend.description, bootId: this.bootId }, 'agent started');
-
-    this.keeper = new PolicyKeeper(this.policy, this.log, (e) => this.onKeeperEvent(e));
-    await this.startModule({ name: 'policy', start: () => this.keeper.start(), stop: () => this.keeper.stop() });
 
     await this.startModule({
       name: 'audit',
@@ -195,6 +194,10 @@ export class Controller {
       },
       stop: () => this.audit?.close(),
     });
+    // Without the audit log the policy still works (a rollback must never wait on it).
+    this.policy = manager(backend, this.stateDir, this.audit ?? { append: () => {} }, 'agent');
+    this.keeper = new PolicyKeeper(this.policy, this.log, (e) => this.onKeeperEvent(e));
+    await this.startModule({ name: 'policy', start: () => this.keeper.start(), stop: () => this.keeper.stop() });
 
     try {
       this.resolved = buildModel(loadConfig(g.path)).devices;

@@ -6,6 +6,9 @@ import { loadConfig, loadGatewayText } from '../config/load.js';
 import type { GatewayConfig } from '../config/schema.js';
 import { ConfigError } from '../config/diagnostics.js';
 import { readIfExists } from '../util/fsx.js';
+import { openAuditLog } from '../audit/log.js';
+import type { AuditSink } from '../audit/types.js';
+import { userInfo } from 'node:os';
 import { DryRunBackend, NftBackend, nftAvailable, type Backend } from '../policy/backend.js';
 import { PolicyManager } from '../policy/apply.js';
 import { compile, type CompiledRuleset } from '../policy/compile.js';
@@ -89,6 +92,13 @@ export function chooseBackend(opts: GlobalOptions, stateDir: string): { backend:
   return { backend, notice: `DRY RUN: ${probe.reason ?? 'nft unavailable'}; ${backend.description}` };
 }
 
-export function manager(backend: Backend, stateDir: string): PolicyManager {
-  return new PolicyManager({ stateDir, backend, version: VERSION });
+/** The policy manager; changes are recorded in the audit log as `actor` (default: this user). */
+export function manager(backend: Backend, stateDir: string, audit?: AuditSink, actor?: string): PolicyManager {
+  return new PolicyManager({
+    stateDir,
+    backend,
+    version: VERSION,
+    audit: audit ?? openAuditLog(join(stateDir, 'audit')),
+    actor: actor ?? `cli:${userInfo().username}`,
+  });
 }

@@ -6,7 +6,7 @@ import { createTwoFilesPatch } from 'diff';
 import { formatDiagnostic } from '../config/diagnostics.js';
 import { jsonSchemas } from '../config/schema.js';
 import { type PolicyManager, type PolicyStatus } from '../policy/apply.js';
-import type { Backend } from '../policy/backend.js';
+import { ensureBridgeNetfilter } from '../policy/bridge.js';
 import { writeFileAtomic } from '../util/fsx.js';
 import { chooseBackend, loadAndCompile, manager, stateDirOnly, UsageError, type GlobalOptions, type Loaded } from './context.js';
 import type { Io } from './io.js';
@@ -18,29 +18,6 @@ export interface PolicyOptions extends GlobalOptions {
   timeout?: string;
   id?: string;
   outDir?: string;
-}
-
-const BRIDGE_SYSCTLS = ['net.bridge.bridge-nf-call-iptables', 'net.bridge.bridge-nf-call-ip6tables'];
-
-/**
- * In bridge mode the allow-lists see bridged traffic only through br_netfilter. Without it,
- * the ruleset would load and silently enforce nothing, so apply turns it on or refuses.
- */
-async function ensureBridgeNetfilter(backend: Backend, io: Io, fix: boolean): Promise<void> {
-  for (const name of BRIDGE_SYSCTLS) {
-    const value = await backend.readSysctl(name);
-    if (value === undefined) {
-      throw new UsageError(`bridge mode needs br_netfilter, and ${name} does not exist: load it (modprobe br_netfilter) and try again`);
-    }
-    if (value !== '1') {
-      if (!fix) {
-        io.err(`warning: ${name} is ${value}: bridged traffic bypasses the allow-lists until apply sets it to 1`);
-        continue;
-      }
-      await backend.writeSysctl(name, '1');
-      io.out(`set ${name}=1 so that bridged traffic meets the allow-lists`);
-    }
-  }
 }
 
 function printWarnings(l: Loaded, io: Io): void {
@@ -112,7 +89,7 @@ export async function policyCommand(sub: string | undefined, opts: PolicyOptions
     case 'check': {
       await m.check(l.compiled);
       await m.check(l.failsafe);
-      if (l.model.gateway.mode === 'bridge' && backend.kind === 'nft') await ensureBridgeNetfilter(backend, io, false);
+      if (l.model.gateway.mode === 'bridge') for (const note of await ensureBridgeNetfilter(backend, false)) io.err(note);
       const by = backend.kind === 'nft' ? 'nft -c accepted it' : 'not checked by nft (dry run)';
       io.out(`ok: ${summary(l)}; ${by}`);
       return 0;
@@ -137,7 +114,7 @@ export async function policyCommand(sub: string | undefined, opts: PolicyOptions
     case 'apply': {
       const timeout = opts.timeout === undefined ? l.model.gateway.commitConfirm.timeoutSeconds : Number(opts.timeout);
       if (!Number.isInteger(timeout) || timeout < 1 || timeout > 3600) throw new UsageError('--timeout takes whole seconds from 1 to 3600');
-      if (l.model.gateway.mode === 'bridge' && backend.kind === 'nft') await ensureBridgeNetfilter(backend, io, true);
+      if (l.model.gateway.mode === 'bridge') for (const note of await ensureBridgeNetfilter(backend, true)) io.out(note);
       const pending = await m.apply(l.compiled, l.failsafe, l.model.hash, timeout);
       const pid = spawnWatcher(globalArgv(opts, l.path, l.stateDir), l.stateDir);
       if (pid !== undefined) m.setWatcher(pending.id, pid);

@@ -7,6 +7,7 @@ import { appendFileSync, mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { NftError, type Backend, type NftFailure } from './backend.js';
 import type { CompiledRuleset } from './compile.js';
+import type { AuditSink } from '../audit/types.js';
 import { readIfExists, removeIfExists, withLock, writeFileAtomic } from '../util/fsx.js';
 
 export const sha256 = (text: string) => createHash('sha256').update(text).digest('hex');
@@ -78,6 +79,10 @@ export interface ManagerOptions {
   backend: Backend;
   version: string;
   now?: () => number;
+  /** Every apply, confirm, rollback, restore and refusal is also recorded here. */
+  audit?: AuditSink;
+  /** Who acts, for the audit log: "cli:<user>", "agent". */
+  actor?: string;
 }
 
 export class PolicyManager {
@@ -91,7 +96,12 @@ export class PolicyManager {
     this.backend = opts.backend;
     this.version = opts.version;
     this.now = opts.now ?? Date.now;
+    this.audit = opts.audit;
+    this.actor = opts.actor ?? 'unknown';
   }
+
+  private readonly audit: AuditSink | undefined;
+  private readonly actor: string;
 
   private path(name: string): string {
     return join(this.dir, name);
@@ -100,6 +110,8 @@ export class PolicyManager {
   private record(e: HistoryEvent): void {
     mkdirSync(this.dir, { recursive: true, mode: 0o750 });
     appendFileSync(this.path('history.ndjson'), `${JSON.stringify({ time: new Date(this.now()).toISOString(), ...e })}\n`);
+    const { event, ...detail } = e;
+    this.audit?.append({ actor: this.actor, action: `policy.${event}`, outcome: event === 'refused' ? 'refused' : 'ok', detail });
   }
 
   private lock<T>(fn: () => Promise<T>): Promise<T> {

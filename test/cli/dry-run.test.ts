@@ -54,6 +54,15 @@ describe('wardgate policy, dry run', () => {
     expect(readFileSync(rulesetFile(), 'utf8')).toBe(wardgate('policy', 'print').out);
     expect(wardgate('policy', 'confirm').code).toBe(5); // nothing to confirm
     expect(wardgate('policy', 'diff')).toMatchObject({ code: 0, out: 'no difference from the committed ruleset\n' });
+    // Every change is in the hash-chained audit log, with who made it.
+    const audit = JSON.parse(wardgate('audit', 'show', '--json').out) as { action: string; actor: string; outcome: string }[];
+    expect(audit.map((a) => [a.action, a.outcome])).toEqual([
+      ['policy.apply', 'ok'],
+      ['policy.refused', 'refused'],
+      ['policy.confirm', 'ok'],
+    ]);
+    expect(audit.every((a) => a.actor.startsWith('cli:'))).toBe(true);
+    expect(wardgate('audit', 'verify').code).toBe(0);
   });
 
   it('an unconfirmed apply rolls back by itself when the window closes', async () => {

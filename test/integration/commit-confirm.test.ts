@@ -81,6 +81,8 @@ describe.skipIf(!canRoot)('commit-confirm in the kernel', () => {
 
     await untilTable(lab, 'the rollback to the committed table', committed, pending.deadline - Date.now() + 5000);
     expect(Date.now()).toBeGreaterThanOrEqual(pending.deadline);
+    // The kernel is rolled back first, then the pending record is cleared and recorded.
+    await until('the rollback to be recorded', () => lab.pending() === undefined && history(lab).at(-1)?.event === 'rollback', 5000);
     expect(lab.pending()).toBeUndefined();
     await until('the watcher to exit', () => processGone(watcherPid), 5000);
     expect(history(lab).at(-1)).toMatchObject({ event: 'rollback', reason: 'not confirmed within the window', restored: 'previous table' });
@@ -96,6 +98,8 @@ describe.skipIf(!canRoot)('commit-confirm in the kernel', () => {
 
     await untilTable(lab, 'the table to be removed', undefined, pending.deadline - Date.now() + 5000);
     expect(Date.now()).toBeGreaterThanOrEqual(pending.deadline);
+    // The kernel is rolled back first, then the pending record is cleared and recorded.
+    await until('the rollback to be recorded', () => lab.pending() === undefined && history(lab).at(-1)?.event === 'rollback', 5000);
     expect(lab.pending()).toBeUndefined();
     expect(history(lab).at(-1)).toMatchObject({ event: 'rollback', restored: 'no table' });
     expect(await status(lab)).toMatchObject({ kernel: 'absent' });
@@ -132,6 +136,8 @@ describe.skipIf(!canRoot)('commit-confirm in the kernel', () => {
 
     const agent = lab.startAgent();
     await untilTable(lab, 'the agent to roll back', committed, 10000);
+    // The kernel is rolled back first, then the pending record is cleared and recorded.
+    await until('the rollback to be recorded', () => lab.pending() === undefined && history(lab).at(-1)?.event === 'rollback', 5000);
     expect(lab.pending()).toBeUndefined();
     // The rollback itself put the committed table back: the agent had nothing to restore.
     expect(history(lab).at(-1)).toMatchObject({ event: 'rollback', reason: 'not confirmed within the window', restored: 'previous table' });
@@ -159,6 +165,8 @@ describe.skipIf(!canRoot)('commit-confirm in the kernel', () => {
     const rolledBackAt = Date.now();
     expect(rolledBackAt).toBeGreaterThanOrEqual(pending.deadline);
     expect(rolledBackAt).toBeLessThan(pending.deadline + 4000);
+    // The kernel is rolled back first, then the pending record is cleared and recorded.
+    await until('the rollback to be recorded', () => lab.pending() === undefined && history(lab).at(-1)?.event === 'rollback', 5000);
     expect(lab.pending()).toBeUndefined();
     // The rollback itself put the committed table back: the agent had nothing to restore.
     expect(history(lab).at(-1)).toMatchObject({ event: 'rollback', reason: 'not confirmed within the window', restored: 'previous table' });
@@ -196,6 +204,8 @@ describe.skipIf(!canRoot)('commit-confirm in the kernel', () => {
     expect(await lab.listTable()).toBeUndefined();
     await untilTable(lab, 'the agent to restore the table', committed, 10000);
     expect(agent.output()).toContain('the wardgate table is not the committed ruleset: restoring it');
+    // The kernel is restored first, then the restore is recorded.
+    await until('the restore record', () => history(lab).at(-1)?.event === 'restore', 5000);
     expect(history(lab).at(-1)).toMatchObject({ event: 'restore', source: 'committed' });
 
     agent.child.kill('SIGTERM');
