@@ -125,7 +125,6 @@ export class MqttLink extends EventEmitter<LinkEvents> {
     this.client = client;
     let fellBack = false;
     client.on('connect', () => {
-      this.attempt = 0;
       this.seq = sessionSeq;
       void this.birth(client);
     });
@@ -160,6 +159,9 @@ export class MqttLink extends EventEmitter<LinkEvents> {
       await client.publishAsync(this.topics.status(), JSON.stringify(this.status('online')), { qos: 1, retain: true });
       await client.subscribeAsync(`${this.topics.base}/cmd/+`, { qos: 1 });
       if (this.client !== client) return;
+      // The backoff resets only here: a broker that accepts the connection but refuses the
+      // birth (an ACL, a certificate for another gateway) must not be retried every second.
+      this.attempt = 0;
       this.online = true;
       this.opts.log.info({ seq: this.seq, protocolVersion: this.protocolVersion }, 'online');
       this.emit('online', { seq: this.seq, protocolVersion: this.protocolVersion });

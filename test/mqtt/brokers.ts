@@ -1,7 +1,7 @@
 // Real brokers for tests: the embedded aedes broker in-process, and Mosquitto as a separate
 // process with TLS and client certificates from a throwaway CA made with openssl.
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
-import { chmodSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import { appendFileSync, chmodSync, copyFileSync, mkdirSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -38,6 +38,13 @@ export interface Pki {
   /** A client certificate from another CA: must be refused. */
   strangerCert: string;
   strangerKey: string;
+  /** Every client certificate signed by the CA, by CN: gw-1 and those asked for in makePki. */
+  clients: Record<string, { cert: string; key: string }>;
+}
+
+export interface PkiOptions {
+  /** More client certificates signed by the site CA, by common name (e.g. gw-2, console-central). */
+  clients?: string[];
 }
 
 function openssl(dir: string, args: string[]): void {
@@ -45,7 +52,7 @@ function openssl(dir: string, args: string[]): void {
 }
 
 /** A CA, a server certificate for 127.0.0.1, and client certificates. */
-export function makePki(): Pki {
+export function makePki(opts: PkiOptions = {}): Pki {
   const dir = mkdtempSync(join(tmpdir(), 'wg-pki-'));
   const ca = (name: string) => {
     openssl(dir, ['req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes', '-days', '2', '-subj', `/CN=${name}`, '-keyout', `${name}.key`, '-out', `${name}.crt`]);
@@ -62,7 +69,11 @@ export function makePki(): Pki {
   ca('site-ca');
   ca('other-ca');
   leaf('broker', 'site-ca', 'subjectAltName=IP:127.0.0.1,DNS:localhost\n');
-  leaf('gw-1', 'site-ca');
+  const cns = ['gw-1', ...(opts.clients ?? []).filter((cn) => cn !== 'gw-1')];
+  for (const cn of cns) {
+    if (!/^[A-Za-z0-9][A-Za-z0-9._-]*$/.test(cn) || ['site-ca', 'other-ca', 'broker', 'stranger'].includes(cn)) throw new Error(`makePki: unusable client name "${cn}"`);
+    leaf(cn, 'site-ca');
+  }
   leaf('stranger', 'other-ca');
   // Mosquitto started as root drops to its own user, which must read these (test keys only).
   chmodSync(dir, 0o755);
@@ -77,39 +88,75 @@ export function makePki(): Pki {
     clientKey: p('gw-1.key'),
     strangerCert: p('stranger.crt'),
     strangerKey: p('stranger.key'),
+    clients: Object.fromEntries(cns.map((cn) => [cn, { cert: p(`${cn}.crt`), key: p(`${cn}.key`) }])),
   };
 }
 
 export interface Mosquitto {
   port: number;
-  stop(): Promise<void>;
+  /**
+   * Stops the broker: SIGKILL by default (a crash: nothing saved); SIGTERM is a clean shutdown,
+   * which saves the persistence file (sessions, queued and retained messages) when persistence
+   * is on. Bounded: SIGKILL after 5 s.
+   */
+  stop(signal?: 'SIGKILL' | 'SIGTERM'): Promise<void>;
   start(): Promise<void>;
 }
 
+export interface MosquittoOptions {
+  /** An ACL file (copied next to the PKI, where the mosquitto user can read it). */
+  aclFile?: string;
+  /** Keep sessions, queued QoS 1 messages and retained messages across a clean stop and start. */
+  persistence?: boolean;
+  /** Where mosquitto logs (everything), for debugging; off by default. */
+  logFile?: string;
+}
+
 /** Mosquitto on loopback requiring TLS client certificates signed by the PKI's CA. */
-export async function startMosquitto(pki: Pki, port?: number): Promise<Mosquitto> {
+export async function startMosquitto(pki: Pki, port?: number, opts: MosquittoOptions = {}): Promise<Mosquitto> {
   const p = port ?? (await freePort());
   const conf = join(pki.dir, `mosquitto-${p}.conf`);
-  writeFileSync(
-    conf,
-    [
-      'per_listener_settings false',
-      'allow_anonymous true',
-      'persistence false',
-      `listener ${p} 127.0.0.1`,
-      `cafile ${pki.ca}`,
-      `certfile ${pki.serverCert}`,
-      `keyfile ${pki.serverKey}`,
-      'require_certificate true',
-      'use_identity_as_username true',
-      '',
-    ].join('\n'),
-  );
+  const lines = [
+    'per_listener_settings false',
+    'allow_anonymous true',
+    'persistence false',
+    `listener ${p} 127.0.0.1`,
+    `cafile ${pki.ca}`,
+    `certfile ${pki.serverCert}`,
+    `keyfile ${pki.serverKey}`,
+    'require_certificate true',
+    'use_identity_as_username true',
+  ];
+  if (opts.aclFile !== undefined) {
+    const acl = join(pki.dir, `mosquitto-${p}.acl`);
+    copyFileSync(opts.aclFile, acl);
+    chmodSync(acl, 0o644);
+    lines.push(`acl_file ${acl}`);
+  }
+  if (opts.persistence) {
+    // Mosquitto started as root drops to its own user, which must write here.
+    const data = join(pki.dir, `mosquitto-${p}-data`);
+    mkdirSync(data, { recursive: true });
+    chmodSync(data, 0o777);
+    lines[2] = 'persistence true';
+    lines.push(`persistence_location ${data}/`, 'autosave_interval 0');
+  }
+  if (opts.logFile !== undefined) lines.push('log_dest stderr', 'log_type all');
+  writeFileSync(conf, [...lines, ''].join('\n'));
   let child: ChildProcess | undefined;
   const m: Mosquitto = {
     port: p,
     start: async () => {
-      child = spawn('mosquitto', ['-c', conf], { stdio: 'ignore' });
+      if (child && child.exitCode === null && child.signalCode === null) return; // running
+      const launch = () => {
+        const c = spawn('mosquitto', ['-c', conf], { stdio: ['ignore', 'ignore', opts.logFile !== undefined ? 'pipe' : 'ignore'] });
+        if (opts.logFile !== undefined) {
+          const log = opts.logFile;
+          c.stderr?.on('data', (d: Buffer) => appendFileSync(log, d));
+        }
+        return c;
+      };
+      child = launch();
       const end = Date.now() + 5000;
       for (;;) {
         const up = await new Promise<boolean>((resolve) => {
@@ -118,17 +165,23 @@ export async function startMosquitto(pki: Pki, port?: number): Promise<Mosquitto
           s.listen(p, '127.0.0.1', () => s.close(() => resolve(false)));
         });
         if (up) return;
+        // It lost the port to the probe above (a restart on the same port): once more.
+        if (child.exitCode !== null) child = launch();
         if (Date.now() > end) throw new Error('mosquitto did not start');
         await new Promise((r) => setTimeout(r, 50));
       }
     },
-    stop: async () => {
+    stop: async (signal = 'SIGKILL') => {
       const c = child;
       child = undefined;
-      if (!c || c.exitCode !== null) return;
+      if (!c || c.exitCode !== null || c.signalCode !== null) return;
       await new Promise<void>((resolve) => {
-        c.once('exit', () => resolve());
-        c.kill('SIGKILL');
+        const force = setTimeout(() => c.kill('SIGKILL'), 5000);
+        c.once('exit', () => {
+          clearTimeout(force);
+          resolve();
+        });
+        c.kill(signal);
       });
     },
   };
