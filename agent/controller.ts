@@ -3,8 +3,8 @@
 // is reported and left out; it does not take the agent down (the kernel keeps enforcing).
 //
 // The data path is one way: kernel and probes -> events and health -> outbox -> MQTT.
-import { randomUUID } from 'node:crypto';
-import { join } from 'node:path';
+import { randomBytes, randomUUID } from 'node:crypto';
+import { dirname, join, resolve } from 'node:path';
 import type { Logger } from 'pino';
 import { resolveBoard } from '../hardware/boards/index.js';
 import { openAuditLog, type AuditLog } from './audit/log.js';
@@ -215,12 +215,27 @@ export class Controller {
         stop: () => this.outbox?.close(),
       });
       const embedded = mqttConfig.embeddedBroker;
+      // The link's identity on its own broker is the gateway id (the ACL gives it only its own
+      // topics), with a password made at start that lives in memory only.
+      let credentials: { username: string; password: string } | undefined;
       if (embedded) {
         let broker: EmbeddedBroker | undefined;
+        const own = { username: g.config.gateway, password: randomBytes(24).toString('base64url') };
         await this.startModule({
           name: 'broker',
           start: async () => {
-            broker = await startEmbeddedBroker(embedded);
+            broker = await startEmbeddedBroker({
+              host: embedded.host,
+              port: embedded.port,
+              auth: {
+                site: g.config.site,
+                allowAnonymous: embedded.allowAnonymous,
+                consoles: embedded.consoles,
+                extraUsers: [own],
+                ...(embedded.usersFile !== undefined ? { usersFile: resolve(dirname(g.path), embedded.usersFile) } : {}),
+              },
+            });
+            credentials = own;
           },
           stop: () => broker?.close(),
         });
@@ -248,6 +263,7 @@ export class Controller {
           policyHash: () => this.keeper.status?.committed?.policyHash ?? null,
           outbox,
           log: this.log,
+          ...(credentials ? { credentials } : {}),
           onCommand: (topic, payload, packet) => {
             if (!dispatcher) return;
             void dispatcher.handle(topic, payload, packet.properties ?? {}).then(async (a) => {

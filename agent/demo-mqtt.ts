@@ -53,7 +53,9 @@ stateDir: state
 policies: [lab.yaml]
 mqtt:
   url: mqtt://127.0.0.1:${brokerPort}
-  embeddedBroker: { port: ${brokerPort} }
+  # The demo's choice: its console side connects without credentials (console rights). A real
+  # gateway keeps allowAnonymous off and gives consoles a usersFile (wardgate broker passwd).
+  embeddedBroker: { port: ${brokerPort}, allowAnonymous: true }
 health: { intervalSeconds: 5 }
 commands:
   publicKeys: [{ id: demo-console, key: "${key.publicKey}" }]

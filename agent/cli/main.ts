@@ -30,6 +30,8 @@ usage: wardgate <command> [options]
   console cmd       send a signed command: console cmd SITE/GATEWAY NAME [k=v ...] --url U --key F
   console watch     live table of a site's gateways and devices (--url U --site S [--once])
   mqtt schemas      print the JSON Schema of every MQTT payload (--out-dir D: one file each)
+  broker            the wardgate MQTT broker for a site (--config broker.yaml), until SIGTERM
+  broker passwd     add or replace a broker user: broker passwd FILE USER (password on stdin)
   run               the agent: finishes pending changes and keeps the committed ruleset loaded
   demo              the whole system on this machine (a network namespace site when root)
   version           print the version
@@ -40,6 +42,7 @@ options:
   --backend B       auto (default), nft, or dry-run (writes the ruleset to a file, enforces nothing)
   --netns NAME      drive nftables inside network namespace NAME
   --file PATH       audit: a log file anywhere instead of <stateDir>/audit/audit.ndjson
+  --config PATH     broker: its broker.yaml (listen, tls, usersFile, allowAnonymous, site, consoles)
 `;
 
 export async function main(argv: string[], io: Io = processIo): Promise<number> {
@@ -72,6 +75,7 @@ export async function main(argv: string[], io: Io = processIo): Promise<number> 
         ca: { type: 'string' },
         cert: { type: 'string' },
         'cert-key': { type: 'string' },
+        config: { type: 'string' },
         help: { type: 'boolean', short: 'h' },
       },
     });
@@ -134,6 +138,10 @@ export async function main(argv: string[], io: Io = processIo): Promise<number> 
       case 'mqtt': {
         const { mqttCommand } = await import('./mqtt.js');
         return mqttCommand(sub, v['out-dir'] !== undefined ? { outDir: v['out-dir'] } : {}, io);
+      }
+      case 'broker': {
+        const { brokerCommand } = await import('./broker.js');
+        return await brokerCommand(sub, positionals.slice(2), v.config !== undefined ? { config: v.config } : {}, io);
       }
       case 'run': {
         const { runAgent } = await import('../main.js');

@@ -67,7 +67,13 @@ export const MqttSchema = z
       .default({ minSeconds: 1, maxSeconds: 60 })
       .describe('Exponential backoff with full jitter between these bounds'),
     embeddedBroker: z
-      .object({ port: z.number().int().min(1).max(65535).default(1883), host: z.string().default('127.0.0.1') })
+      .object({
+        port: z.number().int().min(1).max(65535).default(1883),
+        host: z.string().default('127.0.0.1'),
+        usersFile: z.string().optional().describe('Users for consoles and other clients: lines from `wardgate broker passwd`; the agent\'s own link needs none'),
+        allowAnonymous: z.boolean().default(false).describe('Let clients without a username in, with console rights (read everything, publish commands). Demo only'),
+        consoles: z.array(z.string().regex(/^[A-Za-z0-9][A-Za-z0-9._@-]{0,127}$/)).default([]).describe('Usernames with console rights; every other user may only write under its own gateway id'),
+      })
       .strict()
       .optional()
       .describe('Run an aedes broker in the agent (a standalone gateway, the demo); url then points at it'),

@@ -28,6 +28,8 @@ export interface LinkOptions {
   policyHash: () => string | null;
   outbox: OutboxQueue;
   log: LinkLogger;
+  /** Username and password held in memory (the agent's embedded broker); override config.username / passwordFile. */
+  credentials?: { username: string; password: string };
   /** Called for every message on cmd/<name>; the answer is published by the caller. */
   onCommand?: (topic: string, payload: Buffer, packet: IPublishPacket) => void;
 }
@@ -106,6 +108,10 @@ export class MqttLink extends EventEmitter<LinkEvents> {
     };
     if (c.username !== undefined) options.username = c.username;
     if (c.passwordFile !== undefined) options.password = readFileSync(c.passwordFile, 'utf8').trim();
+    if (this.opts.credentials) {
+      options.username = this.opts.credentials.username;
+      options.password = this.opts.credentials.password;
+    }
     if (c.tls) {
       options.ca = readFileSync(c.tls.ca);
       options.cert = readFileSync(c.tls.cert);

@@ -70,7 +70,7 @@ stateDir: state
 policies: [policy.yaml]
 mqtt:
   url: mqtt://127.0.0.1:${brokerPort}
-  embeddedBroker: { port: ${brokerPort} }
+  embeddedBroker: { port: ${brokerPort}, allowAnonymous: true } # the console side below connects anonymously
   reconnect: { minSeconds: 1, maxSeconds: 2 }
 health: { intervalSeconds: 5 }
 commands:
