@@ -5,9 +5,9 @@
 // append: a short lock around each append, and a re-read of the tail when another process has
 // written since, keep one chain. Format and checks: docs/audit.md.
 import { createHash } from 'node:crypto';
-import { closeSync, existsSync, fdatasyncSync, fstatSync, fsyncSync, ftruncateSync, mkdirSync, openSync, readSync, writeSync } from 'node:fs';
+import { closeSync, existsSync, fdatasyncSync, fstatSync, fsyncSync, ftruncateSync, mkdirSync, openSync, readSync } from 'node:fs';
 import { dirname, join } from 'node:path';
-import { LockError, removeIfExists, tryPidLock, writeFileAtomic } from '../util/fsx.js';
+import { LockError, removeIfExists, tryPidLock, writeAtOrTruncate, writeFileAtomic } from '../util/fsx.js';
 import type { AuditRecord, AuditSink } from './types.js';
 
 /** The `prev` of the first line. */
@@ -238,18 +238,8 @@ export class AuditLog implements AuditSink {
     const line = lineOf(entry);
     const buf = Buffer.from(`${line}\n`);
     const at = this.size;
-    try {
-      for (let done = 0; done < buf.length; ) done += writeSync(fd, buf, done, buf.length - done, at + done);
-      fdatasyncSync(fd);
-    } catch (err) {
-      // Not durable, so not written: cut it back off rather than leave half a line.
-      try {
-        ftruncateSync(fd, at);
-      } catch {
-        // The next open finds the torn line and recovers from it.
-      }
-      throw err;
-    }
+    // Not durable, so not written: a failed append is cut back off rather than left half a line.
+    writeAtOrTruncate(fd, buf, at, true);
     this.size = at + buf.length;
     this.seq = entry.seq;
     this.head = sha256(line);

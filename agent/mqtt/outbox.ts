@@ -8,7 +8,7 @@
 import { closeSync, fdatasyncSync, fstatSync, fsyncSync, ftruncateSync, mkdirSync, openSync, readSync, renameSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
 import { crc32 } from 'node:zlib';
-import { LockError, removeIfExists, tryPidLock } from '../util/fsx.js';
+import { LockError, removeIfExists, tryPidLock, writeAtOrTruncate } from '../util/fsx.js';
 
 export const PRIORITIES = ['low', 'normal', 'high'] as const;
 export type Priority = (typeof PRIORITIES)[number];
@@ -347,16 +347,7 @@ export class Outbox {
   /** Appends whole records, or nothing: a failed write is cut back off the journal. */
   private write(fd: number, buf: Buffer): void {
     const at = this.size;
-    try {
-      for (let done = 0; done < buf.length; ) done += writeSync(fd, buf, done, buf.length - done, at + done);
-    } catch (err) {
-      try {
-        ftruncateSync(fd, at);
-      } catch {
-        // The torn tail is cut off at the next open instead.
-      }
-      throw err;
-    }
+    writeAtOrTruncate(fd, buf, at, false);
     this.size = at + buf.length;
     this.dirty = true;
   }

@@ -1,6 +1,6 @@
 // Crash-safe file writes (temp file, fsync, rename, fsync of the directory) and a lock that
 // serialises every change to the ruleset. Node-RED learned the first from power loss on Pis.
-import { closeSync, copyFileSync, existsSync, fsyncSync, mkdirSync, openSync, readFileSync, renameSync, rmSync, statSync, writeSync } from 'node:fs';
+import { closeSync, copyFileSync, existsSync, fdatasyncSync, fsyncSync, ftruncateSync, mkdirSync, openSync, readFileSync, renameSync, rmSync, statSync, writeSync } from 'node:fs';
 import { dirname, basename, join } from 'node:path';
 
 export function writeFileAtomic(path: string, data: string | Buffer, opts: { mode?: number; keepPrevious?: boolean } = {}): void {
@@ -21,6 +21,25 @@ export function writeFileAtomic(path: string, data: string | Buffer, opts: { mod
     fsyncSync(dfd);
   } finally {
     closeSync(dfd);
+  }
+}
+
+/**
+ * Writes all of `buf` at offset `at` of an open file (and fdatasyncs it when `sync`). On any
+ * failure the file is cut back to `at`, so no half record is left; if even that fails, the torn
+ * tail is for the reader's recovery to find.
+ */
+export function writeAtOrTruncate(fd: number, buf: Buffer, at: number, sync: boolean): void {
+  try {
+    for (let done = 0; done < buf.length; ) done += writeSync(fd, buf, done, buf.length - done, at + done);
+    if (sync) fdatasyncSync(fd);
+  } catch (err) {
+    try {
+      ftruncateSync(fd, at);
+    } catch {
+      // left for recovery at the next open
+    }
+    throw err;
   }
 }
 
