@@ -1,7 +1,11 @@
 // Shared pieces of the benchmarks: the root check, a generated policy model, the naive linear
 // rendering that wardgate is compared with, timing and statistics, and cleanup that also runs
 // on Ctrl-C. Nothing here is product code.
-import { spawnSync } from 'node:child_process';
+import { spawnSync, type ChildProcess } from 'node:child_process';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { connect, createServer, type Server } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { GatewaySchema } from '../agent/config/schema.js';
 import type { SourceRef } from '../agent/config/diagnostics.js';
@@ -70,7 +74,7 @@ function hookSignals(): void {
   signalsHooked = true;
   for (const sig of ['SIGINT', 'SIGTERM'] as const) {
     process.once(sig, () => {
-      console.error(`\n${sig}: cleaning up the benchmark namespaces`);
+      console.error(`\n${sig}: cleaning up (namespaces, processes, temporary directories)`);
       void (async () => {
         for (const c of [...cleanups].reverse()) {
           try {
@@ -92,7 +96,9 @@ function hookSignals(): void {
 export async function withResource<R, T>(acquire: () => Promise<R>, release: (r: R) => Promise<void>, body: (r: R) => Promise<T>): Promise<T> {
   hookSignals();
   const resource = await acquire();
-  const cleanup = () => release(resource);
+  // Once only: the signal handler and the body's own finally may both get here.
+  let released: Promise<void> | undefined;
+  const cleanup = () => (released ??= release(resource));
   cleanups.add(cleanup);
   try {
     return await body(resource);
@@ -295,4 +301,84 @@ export function table(header: string[], rows: string[][]): string {
   const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => (r[i] ?? '').length)));
   const fmt = (r: string[]) => r.map((c, i) => (i === 0 ? c.padEnd(widths[i] ?? 0) : c.padStart(widths[i] ?? 0))).join('  ');
   return [fmt(header), widths.map((w) => '-'.repeat(w)).join('  '), ...rows.map(fmt)].join('\n');
+}
+
+// ---------------------------------------------------------------------------------------------
+// Processes, ports and temporary directories (outbox and rss)
+
+/** A TCP port free on `host` right now (bound to port 0, then closed). */
+export async function freePort(host = '127.0.0.1'): Promise<number> {
+  return (await freePorts(1, host))[0] as number;
+}
+
+/** `count` different TCP ports free on `host` right now: all bound at once, then closed. */
+export async function freePorts(count: number, host = '127.0.0.1'): Promise<number[]> {
+  const servers = await Promise.all(
+    Array.from({ length: count }, () => {
+      const s = createServer();
+      return new Promise<Server>((resolve, reject) => {
+        s.once('error', reject);
+        s.listen(0, host, () => resolve(s));
+      });
+    }),
+  );
+  const ports = servers.map((s) => {
+    const a = s.address();
+    return typeof a === 'object' && a ? a.port : 0;
+  });
+  await Promise.all(servers.map((s) => new Promise<void>((r) => s.close(() => r()))));
+  return ports;
+}
+
+/** Resolves once something accepts TCP connections on host:port, or rejects after `ms`. */
+export async function waitForPort(host: string, port: number, ms: number, what: string): Promise<void> {
+  const end = Date.now() + ms;
+  for (;;) {
+    const up = await new Promise<boolean>((resolve) => {
+      const s = connect({ host, port });
+      s.once('connect', () => {
+        s.destroy();
+        resolve(true);
+      });
+      s.once('error', () => resolve(false));
+    });
+    if (up) return;
+    if (Date.now() > end) throw new Error(`${what} is not listening on ${host}:${port} after ${ms} ms`);
+    await sleep(50);
+  }
+}
+
+export function sleep(ms: number): Promise<void> {
+  return new Promise((r) => setTimeout(r, ms));
+}
+
+/** `p`, or a rejection with `message` after `ms` (the timer is cleared either way). */
+export function withTimeout<T>(p: Promise<T>, ms: number, message: string): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  const timeout = new Promise<never>((_, reject) => (timer = setTimeout(() => reject(new Error(message)), ms)));
+  return Promise.race([p, timeout]).finally(() => clearTimeout(timer));
+}
+
+/** A fresh directory under the system's temporary directory, removed afterwards. */
+export function withTempDir<T>(prefix: string, body: (dir: string) => Promise<T>): Promise<T> {
+  return withResource(
+    () => Promise.resolve(mkdtempSync(join(tmpdir(), prefix))),
+    (dir) => Promise.resolve(rmSync(dir, { recursive: true, force: true })),
+    body,
+  );
+}
+
+/** Kills a child process (SIGTERM, then SIGKILL after `graceMs`) and waits for it to exit. */
+export async function stopChild(child: ChildProcess, graceMs = 3000): Promise<void> {
+  if (child.exitCode !== null || child.signalCode !== null) return;
+  const exited = new Promise<void>((r) => child.once('exit', () => r()));
+  child.kill('SIGTERM');
+  const timer = setTimeout(() => child.kill('SIGKILL'), graceMs);
+  await exited;
+  clearTimeout(timer);
+}
+
+/** A child process, killed afterwards (also on failure and, best effort, on Ctrl-C). */
+export function withChild<T>(start: () => ChildProcess | Promise<ChildProcess>, body: (child: ChildProcess) => Promise<T>, graceMs = 3000): Promise<T> {
+  return withResource(() => Promise.resolve(start()), (c) => stopChild(c, graceMs), body);
 }

@@ -1,26 +1,35 @@
 // Runs the benchmarks: `node --import tsx bench/run.ts [name...]` (npm run bench builds first).
 // Each prints its own table and ratios, measured in this run; a full run ends with a summary.
-// They need root (network namespaces, nftables); without it they say why and exit 0.
+// apply, throughput and udp need root (network namespaces, nftables); without it they say why
+// and are skipped. outbox and rss run as any user (rss runs the built agent: dist/).
 //
 // Environment: WARDGATE_BENCH_REPS (apply repetitions, default 5), WARDGATE_BENCH_ROUNDS
-// (traffic rounds, default 5 for throughput and 3 for udp), WARDGATE_BENCH_SECONDS (seconds per
-// traffic run, default 3).
+// (rounds, default 5 for throughput and outbox, 3 for udp), WARDGATE_BENCH_SECONDS (seconds per
+// traffic run, default 3), WARDGATE_BENCH_EVENTS (outbox events per run, default 5000),
+// WARDGATE_BENCH_BROKER (outbox: mosquitto or aedes; default mosquitto when installed),
+// WARDGATE_BENCH_RSS_SECONDS (rss: seconds each agent runs, default 25).
 import { apply } from './apply.js';
 import { commandMissing, removeStale, rootSkipReason } from './lib.js';
+import { outbox } from './outbox.js';
+import { rss } from './rss.js';
 import { throughput } from './throughput.js';
 import { udp } from './udp.js';
 
 interface Bench {
   name: string;
   what: string;
+  /** Needs root, nft and iproute2 (network namespaces). */
+  root: boolean;
   needs?: string[];
   run: () => Promise<string[]>;
 }
 
 const BENCHES: Bench[] = [
-  { name: 'apply', what: 'compile + nft -f load time, wardgate against a linear rendering, 10 to 10,000 entries', run: apply },
-  { name: 'throughput', what: 'TCP forwarding throughput through 10,000 entries against no table (iperf3)', needs: ['iperf3'], run: throughput },
-  { name: 'udp', what: 'packet rate of one-way UDP, every packet classified, through 10,000 entries', run: udp },
+  { name: 'apply', what: 'compile + nft -f load time, wardgate against a linear rendering, 10 to 10,000 entries', root: true, run: apply },
+  { name: 'throughput', what: 'TCP forwarding throughput through 10,000 entries against no table (iperf3)', root: true, needs: ['iperf3'], run: throughput },
+  { name: 'udp', what: 'packet rate of one-way UDP, every packet classified, through 10,000 entries', root: true, run: udp },
+  { name: 'outbox', what: 'events/s persisted in the outbox and delivered at QoS 1 by the link, against plain mqtt.js QoS 1', root: false, run: outbox },
+  { name: 'rss', what: 'resident memory of `wardgate run` probing 50 devices, against the same agent with none', root: false, run: rss },
 ];
 
 function usage(): string {
@@ -43,17 +52,19 @@ async function main(): Promise<number> {
   }
   const chosen = args.length === 0 ? BENCHES : BENCHES.filter((b) => args.includes(b.name));
 
-  const skip = rootSkipReason();
-  if (skip !== undefined) {
-    console.log(`bench: skipped: ${skip}`);
-    return 0;
-  }
-  await removeStale();
+  const skip = chosen.some((b) => b.root) ? rootSkipReason() : undefined;
+  if (skip === undefined && chosen.some((b) => b.root)) await removeStale();
 
   const summary: string[] = [];
   let failed = false;
   for (const b of chosen) {
     console.log(`\n=== ${b.name}: ${b.what}\n`);
+    if (b.root && skip !== undefined) {
+      const line = `${b.name}: skipped: ${skip}`;
+      console.log(line);
+      summary.push(line);
+      continue;
+    }
     const missing = (b.needs ?? []).filter(commandMissing);
     if (missing.length > 0) {
       const line = `${b.name}: skipped: ${missing.join(', ')} not installed (scripts/install-deps.sh installs it)`;

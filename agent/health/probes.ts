@@ -7,7 +7,7 @@ import { execFile, type ExecFileException } from 'node:child_process';
 import { isIP, Socket } from 'node:net';
 import { performance } from 'node:perf_hooks';
 import ModbusSerial from 'modbus-serial';
-import dimse from 'dcmjs-dimse';
+import type Dimse from 'dcmjs-dimse';
 import type { ProbeConfig } from '../config/schema.js';
 import type { ProbeResult } from '../mqtt/topics.js';
 
@@ -286,16 +286,20 @@ export async function probeModbus(target: ProbeTarget, probe: ModbusProbe): Prom
 // negotiation included; the result is returned once the association is released and the
 // socket closed, or at the deadline, whichever comes first.
 
-// Importing dcmjs-dimse enables every level of loglevel's root logger and prints each
-// association, at info, to the console: the agent's stdout, where its NDJSON logs go. wardgate
-// reports through results and its own logs (the protocol core does not log), so turn it off.
-dimse.log.setLevel('silent');
+// dcmjs-dimse (and dcmjs under it) costs megabytes of heap on a 1 GB board: it is loaded the
+// first time a DICOM probe runs, not at start. Importing it enables every level of loglevel's
+// root logger and prints each association, at info, to the console: the agent's stdout, where
+// its NDJSON logs go. wardgate reports through results and its own logs, so turn it off.
+let dimseModule: Promise<typeof Dimse> | undefined;
+function loadDimse(): Promise<typeof Dimse> {
+  dimseModule ??= import('dcmjs-dimse').then((m) => {
+    m.default.log.setLevel('silent');
+    return m.default;
+  });
+  return dimseModule;
+}
 
-const { Client } = dimse;
-const { CEchoRequest } = dimse.requests;
-const { Status } = dimse.constants;
-
-type DimseClient = InstanceType<typeof Client>;
+type DimseClient = InstanceType<typeof Dimse.Client>;
 
 /**
  * The client's connection, which dcmjs-dimse 0.3 keeps to itself: it offers no way to drop a
@@ -330,11 +334,13 @@ function rejectText(rj: { result?: number; source?: number; reason?: number }): 
 export async function probeDicom(target: ProbeTarget, probe: DicomProbe): Promise<ProbeResult> {
   const invalid = invalidTarget('dicom', target);
   if (invalid) return invalid;
+  const dimse = await loadDimse();
+  const { Status } = dimse.constants;
   const start = performance.now();
-  const client = new Client();
+  const client = new dimse.Client();
   let outcome: ProbeResult | undefined;
   const work = new Promise<ProbeResult>((resolve) => {
-    const request = new CEchoRequest();
+    const request = new dimse.requests.CEchoRequest();
     request.on('response', (response: { getStatus(): number }) => {
       const status = response.getStatus();
       outcome =

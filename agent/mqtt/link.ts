@@ -96,6 +96,9 @@ export class MqttLink extends EventEmitter<LinkEvents> {
       clientId: c.clientId ?? `wardgate-${this.opts.site}-${this.opts.gateway}`,
       keepalive: c.keepaliveSeconds,
       reconnectPeriod: 0, // ours: backoff with jitter
+      // mqtt-packet's write cache holds 65,536 small buffers (about 6 MiB) for a rate a gateway
+      // never reaches; a 1 GB board has better use for the memory.
+      writeCache: false,
       connectTimeout: 10000,
       clean: true,
       will: {
