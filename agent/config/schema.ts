@@ -48,7 +48,7 @@ export const MqttSchema = z
       .regex(/^(mqtt|mqtts|tcp|tls):\/\/[^\s/]+(:\d+)?\/?$/, 'an MQTT URL: mqtt://host:port or mqtts://host:port')
       .describe('The broker: mqtts:// for a remote broker (TLS), mqtt:// on loopback or the embedded broker'),
     protocolVersion: z.union([z.literal(5), z.literal(4)]).default(5).describe('5 (MQTT 5); 4 (3.1.1) for older brokers. 5 falls back to 4 by itself when the broker refuses it'),
-    clientId: z.string().min(1).max(64).optional().describe('Defaults to wardgate-<site>-<gateway>'),
+    clientId: z.string().min(1).max(64).optional().describe('Defaults to wardgate-<site>-<gateway>; a wardgate broker accepts a gateway only with an id ending in -<gateway>'),
     username: z.string().optional(),
     passwordFile: z.string().optional().describe('A file holding the password (never the password itself)'),
     tls: z

@@ -154,7 +154,7 @@ export function maySubscribe(who: Identity, filter: string, site?: string): bool
 
 // --- the broker -------------------------------------------------------------------------------
 
-function authError(returnCode: 4 | 5, message: string) {
+function authError(returnCode: 2 | 4 | 5, message: string) {
   return Object.assign(new Error(message), { returnCode });
 }
 
@@ -190,14 +190,27 @@ function hooks(opts: BrokerAuth): Pick<AedesOptions, 'authenticate' | 'authorize
     if (entry && ok) return { id: username, console: consoles.has(username) };
     throw authError(4, 'bad username or password');
   };
+  // A second connection with a client id takes the first one's session over [MQTT-3.1.4-2].
+  // So a client id belongs to the first identity that used it, for the broker's lifetime, and a
+  // gateway's own form of id (`...-<gateway>`) is reserved to that gateway: one authenticated
+  // client cannot knock another gateway offline (and fire its last will) by reusing its id.
+  const owners = new Map<string, string>();
+  const mayUse = (clientId: string, who: Identity): boolean => {
+    const owner = owners.get(clientId);
+    if (owner !== undefined) return owner === who.id;
+    if (who.console) return !clientId.startsWith('wardgate-') || clientId.startsWith('wardgate-console-');
+    return clientId === who.id || clientId.endsWith(`-${who.id}`);
+  };
   return {
     authenticate: (client, username, password, done) => {
       identify(client, username, password).then(
         (who) => {
+          if (!mayUse(client.id, who)) return done(authError(2, `client id "${client.id}" is not ${who.id}'s to use`), false);
+          owners.set(client.id, who.id);
           identities.set(client, who);
           done(null, true);
         },
-        (err: Error & { returnCode?: 4 | 5 }) => done(authError(err.returnCode ?? 5, err.message), false),
+        (err: Error & { returnCode?: 2 | 4 | 5 }) => done(authError(err.returnCode ?? 5, err.message), false),
       );
     },
     authorizePublish: (client, packet, done) => {

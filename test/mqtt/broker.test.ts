@@ -32,8 +32,13 @@ async function broker(opts: Partial<BrokerOptions> = {}): Promise<EmbeddedBroker
   return b;
 }
 
-async function connect(url: string, opts: IClientOptions = {}): Promise<MqttClient> {
-  const c = await mqtt.connectAsync(url, { protocolVersion: 4, reconnectPeriod: 0, connectTimeout: 5000, ...opts });
+let clients = 0;
+/** Connects as `opts.username` (or, with `as`, the certificate's CN) with a client id of that identity's own. */
+async function connect(url: string, opts: IClientOptions & { as?: string } = {}): Promise<MqttClient> {
+  const { as, ...rest } = opts;
+  const who = as ?? rest.username;
+  const clientId = rest.clientId ?? (who !== undefined ? `t${++clients}-${who}` : `t${++clients}`);
+  const c = await mqtt.connectAsync(url, { protocolVersion: 4, reconnectPeriod: 0, connectTimeout: 5000, clientId, ...rest });
   cleanups.push(() => c.endAsync(true));
   return c;
 }
@@ -87,6 +92,25 @@ describe('who gets in', () => {
     expect(await refusal(connect(url, { username: 'gw-agent', password: 'in-memoryX' }))).toBe(4);
   });
 
+  it('a client id belongs to its identity: no gateway can knock another offline by reusing its id', async () => {
+    const b = await broker({ extraUsers: ['gw-1', 'gw-2', 'console-central'].map((u) => ({ username: u, password: `pw-${u}` })) });
+    const url = `mqtt://127.0.0.1:${b.port}`;
+    const as = (u: string, clientId: string) => connect(url, { username: u, password: `pw-${u}`, clientId });
+    const gw2 = await as('gw-2', `wardgate-${SITE}-gw-2`);
+    let kicked = false;
+    gw2.on('close', () => (kicked = true));
+    // gw-1 and a console try gw-2's own id: identifier rejected (2), and gw-2 stays connected.
+    expect(await refusal(as('gw-1', `wardgate-${SITE}-gw-2`))).toBe(2);
+    expect(await refusal(as('console-central', `wardgate-${SITE}-gw-2`))).toBe(2);
+    // A gateway uses ids of its own form only; a console may not use the wardgate- prefix.
+    expect(await refusal(as('gw-1', 'mqttjs_1234'))).toBe(2);
+    expect(await refusal(as('console-central', 'wardgate-anything'))).toBe(2);
+    await as('console-central', 'wardgate-console-7f3a');
+    await new Promise((r) => setTimeout(r, 200));
+    expect(kicked).toBe(false);
+    expect(gw2.connected).toBe(true);
+  });
+
   it('refuses to listen beyond loopback without TLS, and anonymous clients beyond loopback at all', async () => {
     await expect(startBroker({ host: '0.0.0.0', port: 0, allowAnonymous: false, consoles: [] })).rejects.toThrow(/without TLS/);
     await expect(startEmbeddedBroker({ host: '0.0.0.0', port: 0 })).rejects.toThrow(/loopback only/);
@@ -104,7 +128,7 @@ describe.skipIf(!haveOpenssl)('TLS client certificates', () => {
   it('takes the identity from the CN, and refuses a certificate from another CA', async () => {
     const b = await broker({ tls: { ca: pki.ca, cert: pki.serverCert, key: pki.serverKey, requireClientCert: false } });
     const url = `mqtts://127.0.0.1:${b.port}`;
-    const tls = (cn: string) => ({ ca: readFileSync(pki.ca), cert: readFileSync(pki.clients[cn]?.cert ?? ''), key: readFileSync(pki.clients[cn]?.key ?? '') });
+    const tls = (cn: string) => ({ as: cn, ca: readFileSync(pki.ca), cert: readFileSync(pki.clients[cn]?.cert ?? ''), key: readFileSync(pki.clients[cn]?.key ?? '') });
     const con = await connect(url, tls('console-central'));
     const got: string[] = [];
     con.on('message', (t) => got.push(t));
