@@ -1,0 +1,101 @@
+// The flow log: NDJSON written with pino to a file with size-bounded rotation. At most `files`
+// files of at most `maxBytes` each exist at any time (`flows.ndjson`, `flows.ndjson.1`, … up to
+// `.files-1`, oldest last), so the log never takes more than files × maxBytes of disk.
+//
+// The rotation is a small pino destination of our own: no rotation package (pino-roll,
+// rotating-file-stream) is installed. Writes are synchronous: a line has reached the kernel when
+// write() returns, and the size check is exact.
+import { closeSync, fstatSync, mkdirSync, openSync, renameSync, rmSync, writeSync } from 'node:fs';
+import { dirname } from 'node:path';
+import { pino, type Logger } from 'pino';
+import type { FlowRecord } from './flows.js';
+
+export interface RotatingFileOptions {
+  path: string;
+  /** Largest size of one file, in bytes. */
+  maxBytes: number;
+  /** How many files to keep, the one being written included (at least 1). */
+  files: number;
+}
+
+/** A pino destination (anything with write(string)) that rotates by size. */
+export class RotatingFile {
+  private fd: number;
+  private size: number;
+  /** Lines longer than maxBytes, which no file could hold: counted and dropped. */
+  dropped = 0;
+  rotations = 0;
+
+  constructor(readonly opts: RotatingFileOptions) {
+    if (!(opts.maxBytes > 0) || !Number.isInteger(opts.files) || opts.files < 1) {
+      throw new Error(`flow log: maxBytes must be > 0 and files an integer >= 1 (got ${opts.maxBytes}, ${opts.files})`);
+    }
+    mkdirSync(dirname(opts.path), { recursive: true });
+    this.fd = openSync(opts.path, 'a', 0o640);
+    this.size = fstatSync(this.fd).size;
+  }
+
+  /** The file names, newest first. */
+  names(): string[] {
+    return Array.from({ length: this.opts.files }, (_, i) => (i === 0 ? this.opts.path : `${this.opts.path}.${i}`));
+  }
+
+  write(line: string): boolean {
+    const buf = Buffer.from(line);
+    if (buf.length > this.opts.maxBytes) {
+      this.dropped++;
+      return true;
+    }
+    if (this.size + buf.length > this.opts.maxBytes) this.rotate();
+    writeSync(this.fd, buf);
+    this.size += buf.length;
+    return true;
+  }
+
+  private rotate(): void {
+    closeSync(this.fd);
+    const names = this.names();
+    rmSync(names[names.length - 1]!, { force: true });
+    for (let i = names.length - 2; i >= 0; i--) {
+      try {
+        renameSync(names[i]!, names[i + 1]!);
+      } catch (err) {
+        if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
+      }
+    }
+    // With files: 1 the current file was just removed: start it again.
+    this.fd = openSync(this.opts.path, 'a', 0o640);
+    this.size = 0;
+    this.rotations++;
+  }
+
+  close(): void {
+    closeSync(this.fd);
+  }
+}
+
+export interface FlowLog {
+  write(record: FlowRecord): void;
+  close(): void;
+  readonly file: RotatingFile;
+}
+
+/** A pino logger writing one flow record per line: {"kind":"flow", ...record}. */
+export function openFlowLog(opts: RotatingFileOptions): FlowLog {
+  const file = new RotatingFile(opts);
+  const logger: Logger = pino(
+    {
+      base: null,
+      // The record carries its own time (when the connection ended). In place of pino's level,
+      // each line says what it is (denied-packet records from NFLOG will share the format).
+      timestamp: false,
+      formatters: { level: () => ({ kind: 'flow' }) },
+    },
+    file,
+  );
+  return {
+    file,
+    write: (record) => logger.info(record),
+    close: () => file.close(),
+  };
+}
