@@ -46,7 +46,7 @@ export interface PolicyStatus {
 export type HistoryEvent =
   | { event: 'apply'; id: string; sha256: string; policyHash: string; deadline: string }
   | { event: 'confirm'; id: string; sha256: string; policyHash: string }
-  | { event: 'rollback'; id: string; reason: string; restored: 'previous table' | 'no table' }
+  | { event: 'rollback'; id: string; reason: string; restored: 'previous table' | 'no table' | 'committed' | 'failsafe'; error?: string }
   | { event: 'restore'; source: 'committed' | 'failsafe'; sha256: string; reason?: string }
   | { event: 'refused'; reason: string };
 
@@ -234,12 +234,39 @@ export class PolicyManager {
     });
   }
 
+  /**
+   * Puts back the table that was in force before `pending`. If that cannot be loaded (the saved
+   * listing is missing or refused), the verified committed ruleset comes back instead, and
+   * failing that the fail-safe one: an unconfirmed ruleset never stays in force.
+   */
   private async rollbackLocked(pending: PendingInfo, reason: string): Promise<void> {
     const previous = readIfExists(this.path('rollback.nft'));
-    if (pending.previous === 'table' && previous !== undefined) await this.backend.loadListing(previous);
-    else await this.backend.deleteTable();
+    let restored: 'previous table' | 'no table' | 'committed' | 'failsafe' = pending.previous === 'table' ? 'previous table' : 'no table';
+    let error: string | undefined;
+    try {
+      if (pending.previous === 'absent') await this.backend.deleteTable();
+      else if (previous === undefined) throw new CommitError('E_CORRUPT', 'the saved previous table (rollback.nft) is missing');
+      else await this.backend.loadListing(previous);
+    } catch (err) {
+      error = (err as Error).message;
+      const committed = (() => {
+        try {
+          return this.committedText();
+        } catch {
+          return undefined;
+        }
+      })();
+      const failsafe = readIfExists(this.path('failsafe.nft'));
+      if (committed !== undefined) {
+        await this.backend.load(committed);
+        restored = 'committed';
+      } else if (failsafe !== undefined && failsafe !== '') {
+        await this.backend.load(failsafe);
+        restored = 'failsafe';
+      } else throw err;
+    }
     this.clearPending();
-    this.record({ event: 'rollback', id: pending.id, reason, restored: pending.previous === 'table' ? 'previous table' : 'no table' });
+    this.record({ event: 'rollback', id: pending.id, reason, restored, ...(error !== undefined ? { error } : {}) });
   }
 
   /** Puts back the ruleset that was in force before the pending change. */

@@ -83,6 +83,21 @@ describe('wardgate policy, dry run', () => {
     expect(history[3]?.reason).toBe('not confirmed within the window');
   });
 
+  it('a rollback whose saved previous table cannot be loaded brings the committed ruleset back instead', () => {
+    expect(wardgate('policy', 'apply').code).toBe(0);
+    expect(wardgate('policy', 'confirm').code).toBe(0);
+    const committed = readFileSync(rulesetFile(), 'utf8');
+    const ct = join(dir, 'rules', 'ct-modality.yaml');
+    writeFileSync(ct, readFileSync(ct, 'utf8').replace('ports: [22, 443]', 'ports: [22, 443, 8080]'));
+    expect(wardgate('policy', 'apply').code).toBe(0);
+    writeFileSync(join(dir, 'state', 'ruleset', 'rollback.nft'), 'garbage\n');
+    expect(wardgate('policy', 'rollback').code).toBe(0);
+    expect(readFileSync(rulesetFile(), 'utf8')).toBe(committed);
+    const history = readFileSync(join(dir, 'state', 'ruleset', 'history.ndjson'), 'utf8').trim().split('\n').map((l) => JSON.parse(l) as { event: string; restored?: string; error?: string });
+    expect(history.at(-1)).toMatchObject({ event: 'rollback', restored: 'committed' });
+    expect(history.at(-1)?.error).toContain('not a ruleset');
+  });
+
   it('a rollback by hand; the first apply rolls back to no table', () => {
     expect(wardgate('policy', 'apply').code).toBe(0);
     const r = wardgate('policy', 'rollback');
