@@ -119,6 +119,24 @@ export const CommandsSchema = z
   })
   .strict();
 
+export const TrafficSchema = z
+  .object({
+    enabled: z
+      .boolean()
+      .optional()
+      .describe('Record flows from conntrack in the flow log and publish flows summaries; defaults to on with the nftables backend (off with dry-run)'),
+    diskBudgetBytes: z
+      .number()
+      .int()
+      .min(64 * 1024)
+      .max(64 * 1024 ** 3)
+      .default(64 * 1024 * 1024)
+      .describe('Most disk the flow log (<stateDir>/flows/) may take, all its rotated files together'),
+    files: z.number().int().min(1).max(100).default(8).describe('How many files the budget is split into (each at most diskBudgetBytes / files)'),
+    summaryIntervalSeconds: Seconds(1, 3600, 60).describe('How often a flows summary (per device: flows, bytes, packets, apps, verdicts, top peers) is published'),
+  })
+  .strict();
+
 export const GatewaySchema = z
   .object({
     apiVersion: z.literal(API_VERSION),
@@ -177,6 +195,7 @@ export const GatewaySchema = z
     health: HealthSchema.default(HealthSchema.parse({})),
     outbox: OutboxSchema.default(OutboxSchema.parse({})),
     commands: CommandsSchema.default(CommandsSchema.parse({})),
+    traffic: TrafficSchema.default(TrafficSchema.parse({})).describe('The flow log and its summaries (issue 4)'),
   })
   .strict();
 export type GatewayConfig = z.infer<typeof GatewaySchema>;

@@ -114,11 +114,35 @@ export const CommandResponsePayload = z.object({
   error: z.object({ code: z.string(), message: z.string() }).optional(),
 });
 
+export const TOP_PEERS = 10;
+
+const FlowCounts = z.object({ flows: z.number().int().min(0), bytes: z.number().min(0), packets: z.number().min(0) });
+
+export const DeviceFlowSummary = z.object({
+  device: z.string(),
+  ...FlowCounts.shape,
+  byApp: z.record(z.string(), FlowCounts).describe('By application protocol (DICOM, HL7, HTTPS, ...); "other" when the port names none'),
+  byVerdict: z.record(z.string(), FlowCounts).describe('allowed, monitored, unmatched'),
+  topPeers: z
+    .array(z.object({ peer: z.string(), peerGroup: z.string().optional(), ...FlowCounts.shape }))
+    .max(TOP_PEERS)
+    .describe(`The peers with the most bytes, at most ${TOP_PEERS}`),
+});
+
+export const FlowsSummaryPayload = z.object({
+  ...Envelope,
+  intervalStart: z.iso.datetime().describe('The summary counts the flows the agent recorded from this time...'),
+  intervalEnd: z.iso.datetime().describe('...to this one (a flow is recorded when its connection ends)'),
+  devices: z.array(DeviceFlowSummary).describe('Listed devices with at least one finished flow in the interval'),
+});
+
 export type StatusPayload = z.infer<typeof StatusPayload>;
 export type HealthPayload = z.infer<typeof HealthPayload>;
 export type DeviceHealthPayload = z.infer<typeof DeviceHealthPayload>;
 export type EventPayload = z.infer<typeof EventPayload>;
 export type CommandResponsePayload = z.infer<typeof CommandResponsePayload>;
+export type FlowsSummaryPayload = z.infer<typeof FlowsSummaryPayload>;
+export type DeviceFlowSummary = z.infer<typeof DeviceFlowSummary>;
 export type ProbeResult = z.infer<typeof ProbeResult>;
 export type Severity = (typeof SEVERITIES)[number];
 
@@ -128,6 +152,7 @@ export const PAYLOADS = {
   health: HealthPayload,
   'device-health': DeviceHealthPayload,
   event: EventPayload,
+  flows: FlowsSummaryPayload,
   'command-request': CommandRequest,
   'command-response': CommandResponsePayload,
 } as const;
