@@ -21,79 +21,16 @@ import { startEmbeddedBroker, type EmbeddedBroker } from './mqtt/broker.js';
 import { CommandDispatcher, CommandVerifier, type CommandHandler } from './mqtt/commands.js';
 import { MqttLink } from './mqtt/link.js';
 import { Outbox, type Priority } from './mqtt/outbox.js';
-import { envelope, TOP_PEERS, type DeviceFlowSummary, type DeviceHealthPayload, type EventPayload, type FlowsSummaryPayload, type HealthPayload, type Severity } from './mqtt/topics.js';
+import { envelope, type DeviceHealthPayload, type EventPayload, type HealthPayload, type Severity } from './mqtt/topics.js';
 import type { PolicyManager } from './policy/apply.js';
 import type { Backend } from './policy/backend.js';
 import { ensureBridgeNetfilter } from './policy/bridge.js';
 import { PolicyKeeper, type KeeperEvent } from './policy/keeper.js';
 import { buildModel, type Model, type ResolvedDevice } from './policy/model.js';
 import { runProbe } from './health/probes.js';
-import { ConntrackReader } from './traffic/conntrack.js';
-import { FlowTracker, type FlowRecord } from './traffic/flows.js';
-import { openFlowLog, type FlowLog } from './traffic/log.js';
+import type { Module } from './module.js';
+import { trafficModule } from './traffic/module.js';
 import { VERSION } from './version.js';
-
-interface Module {
-  name: string;
-  start(): Promise<void> | void;
-  stop(): Promise<void> | void;
-}
-
-interface Counts {
-  flows: number;
-  bytes: number;
-  packets: number;
-}
-const zero = (): Counts => ({ flows: 0, bytes: 0, packets: 0 });
-const add = (c: Counts, r: FlowRecord) => {
-  c.flows++;
-  c.bytes += r.bytes;
-  c.packets += r.packets;
-};
-/** Distinct peers remembered per device and interval (a scan must not grow memory without end). */
-const MAX_PEERS = 4096;
-
-/** The flows of one summary interval, per device. */
-class FlowSummary {
-  private devices = new Map<string, { total: Counts; byApp: Map<string, Counts>; byVerdict: Map<string, Counts>; peers: Map<string, Counts & { peerGroup?: string }> }>();
-  private start = new Date();
-
-  add(r: FlowRecord): void {
-    let d = this.devices.get(r.device);
-    if (!d) this.devices.set(r.device, (d = { total: zero(), byApp: new Map(), byVerdict: new Map(), peers: new Map() }));
-    add(d.total, r);
-    for (const [map, key] of [[d.byApp, r.app ?? 'other'], [d.byVerdict, r.verdict]] as const) {
-      let c = map.get(key);
-      if (!c) map.set(key, (c = zero()));
-      add(c, r);
-    }
-    let p = d.peers.get(r.peer);
-    if (!p && d.peers.size < MAX_PEERS) d.peers.set(r.peer, (p = { ...zero(), ...(r.peerGroup !== undefined ? { peerGroup: r.peerGroup } : {}) }));
-    if (p) add(p, r);
-  }
-
-  get empty(): boolean {
-    return this.devices.size === 0;
-  }
-
-  /** The summary of the interval so far, and a new interval. */
-  take(site: string, gateway: string, now = new Date()): FlowsSummaryPayload {
-    const devices: DeviceFlowSummary[] = [...this.devices].map(([device, d]) => ({
-      device,
-      ...d.total,
-      byApp: Object.fromEntries(d.byApp),
-      byVerdict: Object.fromEntries(d.byVerdict),
-      topPeers: [...d.peers]
-        .sort((a, b) => b[1].bytes - a[1].bytes || b[1].flows - a[1].flows)
-        .slice(0, TOP_PEERS)
-        .map(([peer, c]) => ({ peer, ...c })),
-    }));
-    const payload: FlowsSummaryPayload = { ...envelope('flows', site, gateway, now), intervalStart: this.start.toISOString(), intervalEnd: now.toISOString(), devices };
-    this.devices = new Map();
-    this.start = now;
-    return payload;
-  }
-}
 
 const PRIORITY: Record<Severity, Priority> = { info: 'low', warning: 'normal', critical: 'high' };
 
@@ -354,7 +291,22 @@ export class Controller {
     });
 
     // The flow log reads conntrack in the enforcement namespace: only with the nftables backend.
-    if (backend.kind === 'nft' && this.config.traffic.enabled !== false) await this.startModule(this.trafficModule());
+    if (backend.kind === 'nft' && this.config.traffic.enabled !== false) {
+      await this.startModule(
+        trafficModule({
+          config: this.config.traffic,
+          model: () => this.model,
+          stateDir: this.stateDir,
+          netns: this.opts.netns ?? process.env.WARDGATE_NETNS,
+          log: this.log,
+          publish: (summary) => {
+            if (this.link) this.publish(this.link.topics.flows(), summary, { priority: 'low' });
+          },
+          site: this.config.site,
+          gateway: this.config.gateway,
+        }),
+      );
+    }
 
     const devices = new DeviceHealthModel({ devices: this.resolved.map(monitoredDevice) });
     devices.on('transition', (t) => this.onTransition(t));
@@ -394,91 +346,6 @@ export class Controller {
         await sd.stopping();
       },
     });
-  }
-
-  /**
-   * conntrack events -> flow records -> the rotating flow log in <stateDir>/flows/, and a flows
-   * summary per interval through the outbox. A reader that exits is started again, with a backoff
-   * from 1 s doubling up to 60 s (back to 1 s once a reader has run for a minute).
-   */
-  private trafficModule(): Module {
-    const t = this.config.traffic;
-    const netns = this.opts.netns ?? process.env.WARDGATE_NETNS;
-    let reader: ConntrackReader | undefined;
-    let flowLog: FlowLog | undefined;
-    let summaryTimer: NodeJS.Timeout | undefined;
-    let restartTimer: NodeJS.Timeout | undefined;
-    let stopping = false;
-    let failures = 0;
-    const summary = new FlowSummary();
-    const publishSummary = () => {
-      if (this.link) this.publish(this.link.topics.flows(), summary.take(this.config.site, this.config.gateway), { priority: 'low' });
-    };
-
-    const startReader = async (tracker: FlowTracker, log: FlowLog): Promise<void> => {
-      const startedAt = Date.now();
-      const r = await ConntrackReader.start({
-        ...(netns !== undefined ? { netns } : {}),
-        onEvent: (ev) => {
-          for (const rec of tracker.handle(ev)) {
-            log.write(rec);
-            summary.add(rec);
-          }
-        },
-        onExit: (code, stderr) => {
-          if (Date.now() - startedAt >= 60_000) failures = 0;
-          this.log.error({ module: 'traffic', code, stderr: stderr.trim() }, 'conntrack exited; restarting it');
-          restart(tracker, log);
-        },
-      });
-      if (stopping) {
-        await r.stop();
-        return;
-      }
-      reader = r;
-      if (!r.accounting.on) this.log.warn({ module: 'traffic' }, r.accounting.reason ?? 'conntrack accounting is off');
-    };
-    const restart = (tracker: FlowTracker, log: FlowLog) => {
-      if (stopping) return;
-      const delay = Math.min(60_000, 1000 * 2 ** failures++);
-      restartTimer = setTimeout(() => {
-        startReader(tracker, log).catch((err: unknown) => {
-          this.log.error({ module: 'traffic', err: (err as Error).message, retryInMs: Math.min(60_000, 1000 * 2 ** failures) }, 'conntrack did not start again');
-          restart(tracker, log);
-        });
-      }, delay);
-    };
-
-    let first: Promise<void> | undefined;
-    return {
-      name: 'traffic',
-      start: () => {
-        if (!this.model) throw new Error('the policy files do not load: no device to record flows for');
-        const tracker = new FlowTracker(this.model);
-        const log = openFlowLog({ path: join(this.stateDir, 'flows', 'flows.ndjson'), maxBytes: Math.floor(t.diskBudgetBytes / t.files), files: t.files });
-        flowLog = log;
-        summaryTimer = setInterval(publishSummary, t.summaryIntervalSeconds * 1000);
-        // conntrack takes a moment to start (sysctl, then its settle time): the agent does not
-        // wait for it. If it cannot start at all (not installed, no ctnetlink), the module is off.
-        first = startReader(tracker, log).catch((err: unknown) => {
-          this.log.error({ module: 'traffic', err: (err as Error).message }, 'module failed to start; running without it');
-          clearInterval(summaryTimer);
-          log.close();
-          flowLog = undefined;
-        });
-      },
-      stop: async () => {
-        stopping = true;
-        await first;
-        clearInterval(summaryTimer);
-        clearTimeout(restartTimer);
-        await reader?.stop();
-        // The last partial interval goes to the outbox, to be sent after the next start.
-        if (!summary.empty) publishSummary();
-        flowLog?.close();
-        flowLog = undefined;
-      },
-    };
   }
 
   async stop(): Promise<void> {
