@@ -18,6 +18,7 @@
 // only observes). The parser below is a pure function, tested on lines captured from a kernel.
 import { execFile, spawn, type ChildProcess } from 'node:child_process';
 import { createInterface } from 'node:readline';
+import { stopProcess } from '../util/process.js';
 
 export type ConntrackEventType = 'new' | 'destroy';
 
@@ -229,10 +230,6 @@ export class ConntrackReader {
   /** Stops conntrack; resolves once it has exited (SIGKILL after `ms`). */
   async stop(ms = 2000): Promise<void> {
     this.stopping = true;
-    if (this.child.exitCode !== null || this.child.signalCode !== null) return;
-    this.child.kill('SIGTERM');
-    const timer = setTimeout(() => this.child.kill('SIGKILL'), ms);
-    await this.exited;
-    clearTimeout(timer);
+    await stopProcess(this.child, this.exited, ms);
   }
 }

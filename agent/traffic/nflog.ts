@@ -21,6 +21,7 @@
 // The parser is pure and streaming: bytes in, events out, records split across chunks are joined,
 // and whatever is malformed is counted and skipped, never thrown.
 import { spawn, type ChildProcess } from 'node:child_process';
+import { stopProcess } from '../util/process.js';
 
 export const DLT_NFLOG = 239;
 export const NFULA_PAYLOAD = 9;
@@ -354,10 +355,6 @@ export class NflogReader {
   /** Stops tcpdump; resolves once it has exited (SIGKILL after `ms`). */
   async stop(ms = 2000): Promise<void> {
     this.stopping = true;
-    if (this.child.exitCode !== null || this.child.signalCode !== null) return;
-    this.child.kill('SIGTERM');
-    const timer = setTimeout(() => this.child.kill('SIGKILL'), ms);
-    await this.exited;
-    clearTimeout(timer);
+    await stopProcess(this.child, this.exited, ms);
   }
 }
