@@ -16,9 +16,9 @@
 //   small, little-maintained and native.
 // The cost is one child process and text parsing, off the packet path (the kernel enforces; this
 // only observes). The parser below is a pure function, tested on lines captured from a kernel.
-import { execFile, spawn, type ChildProcess } from 'node:child_process';
+import { execFile } from 'node:child_process';
 import { createInterface } from 'node:readline';
-import { stopProcess } from '../util/process.js';
+import { inNetns, ToolProcess } from '../util/process.js';
 
 export type ConntrackEventType = 'new' | 'destroy';
 
@@ -144,7 +144,6 @@ function run(argv: string[]): Promise<{ code: number; stdout: string; stderr: st
   });
 }
 
-const inNetns = (netns: string | undefined, argv: string[]) => (netns ? ['ip', 'netns', 'exec', netns, ...argv] : argv);
 
 export interface AccountingState {
   on: boolean;
@@ -181,29 +180,17 @@ export class ConntrackReader {
   /** Lines that were not events (counted, not thrown: a format change must not stop the agent). */
   unparsed = 0;
   events = 0;
-  private stderr = '';
-  private stopping = false;
 
   private constructor(
-    private readonly child: ChildProcess,
+    private readonly proc: ToolProcess,
     readonly accounting: AccountingState,
-    private readonly exited: Promise<number | null>,
   ) {}
 
   static async start(opts: ConntrackReaderOptions): Promise<ConntrackReader> {
     const accounting = await enableAccounting(opts.netns);
-    const argv = inNetns(opts.netns, ['conntrack', ...CONNTRACK_ARGS]);
-    const child = spawn(argv[0]!, argv.slice(1), { stdio: ['ignore', 'pipe', 'pipe'] });
-    let exitCode: number | null | undefined;
-    const exited = new Promise<number | null>((resolve) => {
-      child.on('error', () => resolve((exitCode = -1)));
-      child.on('exit', (code) => resolve((exitCode = code)));
-    });
-    const reader = new ConntrackReader(child, accounting, exited);
-    child.stderr.on('data', (d: Buffer) => {
-      if (reader.stderr.length < 4096) reader.stderr += d.toString();
-    });
-    createInterface({ input: child.stdout }).on('line', (line) => {
+    const proc = new ToolProcess(inNetns(opts.netns, ['conntrack', ...CONNTRACK_ARGS]));
+    const reader = new ConntrackReader(proc, accounting);
+    createInterface({ input: proc.child.stdout }).on('line', (line) => {
       const ev = parseConntrackLine(line);
       if (!ev) {
         reader.unparsed++;
@@ -213,23 +200,18 @@ export class ConntrackReader {
       opts.onEvent(ev);
     });
     // conntrack says nothing once subscribed: wait a moment, and fail if it exited meanwhile.
-    await Promise.race([exited, new Promise((r) => setTimeout(r, opts.settleMs ?? 300))]);
-    if (exitCode !== undefined) {
-      throw new Error(`${argv.join(' ')} exited (${exitCode}): ${reader.stderr.trim() || 'no output'}`);
-    }
-    void exited.then((code) => {
-      if (!reader.stopping) opts.onExit?.(code, reader.stderr);
-    });
+    await Promise.race([proc.exited, new Promise((r) => setTimeout(r, opts.settleMs ?? 300))]);
+    if (proc.exitCode !== undefined) throw proc.failure(`exited (${proc.exitCode})`);
+    proc.onUnexpectedExit(opts.onExit);
     return reader;
   }
 
   get pid(): number | undefined {
-    return this.child.pid;
+    return this.proc.pid;
   }
 
   /** Stops conntrack; resolves once it has exited (SIGKILL after `ms`). */
   async stop(ms = 2000): Promise<void> {
-    this.stopping = true;
-    await stopProcess(this.child, this.exited, ms);
+    await this.proc.stop(ms);
   }
 }

@@ -20,8 +20,7 @@
 //     prefix, NUL-terminated (linux/netfilter/nfnetlink_log.h).
 // The parser is pure and streaming: bytes in, events out, records split across chunks are joined,
 // and whatever is malformed is counted and skipped, never thrown.
-import { spawn, type ChildProcess } from 'node:child_process';
-import { stopProcess } from '../util/process.js';
+import { inNetns, ToolProcess } from '../util/process.js';
 
 export const DLT_NFLOG = 239;
 export const NFULA_PAYLOAD = 9;
@@ -281,7 +280,6 @@ export function parseNflogPcap(data: Buffer): { events: NflogEvent[]; stats: Nfl
   return { events, stats: p.stats, ...(p.error !== undefined ? { error: p.error } : {}) };
 }
 
-const inNetns = (netns: string | undefined, argv: string[]) => (netns ? ['ip', 'netns', 'exec', netns, ...argv] : argv);
 
 export const nflogArgs = (group: number): string[] => ['-i', `nflog:${group}`, '-U', '-w', '-'];
 
@@ -299,13 +297,9 @@ export interface NflogReaderOptions {
 
 /** A running `tcpdump -i nflog:<group>`: events go to onEvent until stop(). */
 export class NflogReader {
-  private stderr = '';
-  private stopping = false;
-
   private constructor(
-    private readonly child: ChildProcess,
+    private readonly proc: ToolProcess,
     readonly parser: NflogPcapParser,
-    private readonly exited: Promise<number | null>,
   ) {}
 
   get stats(): NflogStats {
@@ -313,48 +307,37 @@ export class NflogReader {
   }
 
   static async start(opts: NflogReaderOptions): Promise<NflogReader> {
-    const argv = inNetns(opts.netns, ['tcpdump', ...nflogArgs(opts.group)]);
-    const child = spawn(argv[0]!, argv.slice(1), { stdio: ['ignore', 'pipe', 'pipe'] });
-    let exitCode: number | null | undefined;
-    const exited = new Promise<number | null>((resolve) => {
-      child.on('error', () => resolve((exitCode = -1)));
-      child.on('exit', (code) => resolve((exitCode = code)));
-    });
+    const proc = new ToolProcess(inNetns(opts.netns, ['tcpdump', ...nflogArgs(opts.group)]));
     const parser = new NflogPcapParser();
-    const reader = new NflogReader(child, parser, exited);
+    const reader = new NflogReader(proc, parser);
     let listening: () => void = () => undefined;
     const ready = new Promise<void>((r) => (listening = r));
-    child.stderr.on('data', (d: Buffer) => {
-      if (reader.stderr.length < 4096) reader.stderr += d.toString();
+    proc.child.stderr.on('data', () => {
       // tcpdump says "listening on nflog:10, link-type NFLOG …" once subscribed to the group.
-      if (reader.stderr.includes('listening on')) listening();
+      if (proc.stderr.includes('listening on')) listening();
     });
-    child.stdout.on('data', (d: Buffer) => {
+    proc.child.stdout.on('data', (d: Buffer) => {
       for (const ev of parser.push(d)) opts.onEvent(ev);
     });
-    child.stdout.on('end', () => parser.end());
+    proc.child.stdout.on('end', () => parser.end());
     let timer: NodeJS.Timeout | undefined;
     const timeout = new Promise<'timeout'>((r) => (timer = setTimeout(() => r('timeout'), opts.startMs ?? 5000)));
-    const how = await Promise.race([exited.then(() => 'exited' as const), ready.then(() => 'ready' as const), timeout]);
+    const how = await Promise.race([proc.exited.then(() => 'exited' as const), ready.then(() => 'ready' as const), timeout]);
     clearTimeout(timer);
-    if (how !== 'ready' || exitCode !== undefined) {
-      await reader.stop();
-      const why = how === 'timeout' ? `did not start listening within ${opts.startMs ?? 5000} ms` : `exited (${exitCode})`;
-      throw new Error(`${argv.join(' ')} ${why}: ${reader.stderr.trim() || 'no output'}`);
+    if (how !== 'ready' || proc.exitCode !== undefined) {
+      await proc.stop(2000);
+      throw proc.failure(how === 'timeout' ? `did not start listening within ${opts.startMs ?? 5000} ms` : `exited (${proc.exitCode})`);
     }
-    void exited.then((code) => {
-      if (!reader.stopping) opts.onExit?.(code, reader.stderr);
-    });
+    proc.onUnexpectedExit(opts.onExit);
     return reader;
   }
 
   get pid(): number | undefined {
-    return this.child.pid;
+    return this.proc.pid;
   }
 
   /** Stops tcpdump; resolves once it has exited (SIGKILL after `ms`). */
   async stop(ms = 2000): Promise<void> {
-    this.stopping = true;
-    await stopProcess(this.child, this.exited, ms);
+    await this.proc.stop(ms);
   }
 }
