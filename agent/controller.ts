@@ -47,6 +47,7 @@ export class Controller {
   private devices: DeviceHealthModel | undefined;
   private model: Model | undefined;
   private resolved: ResolvedDevice[] = [];
+  private board: ReturnType<typeof resolveBoard> | undefined;
   private audit: AuditLog | undefined;
 
   constructor(
@@ -105,7 +106,9 @@ export class Controller {
 
   async health(): Promise<HealthPayload> {
     const g = this.config;
-    const board = await resolveBoard(g.health.board, g.health.rootPath);
+    // The board does not change while the agent runs: detected once, at the first health.
+    this.board ??= resolveBoard(g.health.board, g.health.rootPath);
+    const board = await this.board;
     const vitals = await readVitals({ rootPath: g.health.rootPath, board: board.profile, interfaces: roleInterfaces(g.interfaces), stateDir: this.stateDir });
     const status = this.keeper.status ?? (await this.policy.status());
     const counters = rulesetCounters(await this.backend.listJson());
