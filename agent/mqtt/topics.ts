@@ -122,7 +122,7 @@ export const DeviceFlowSummary = z.object({
   device: z.string(),
   ...FlowCounts.shape,
   byApp: z.record(z.string(), FlowCounts).describe('By application protocol (DICOM, HL7, HTTPS, ...); "other" when the port names none'),
-  byVerdict: z.record(z.string(), FlowCounts).describe('allowed, monitored, unmatched'),
+  byVerdict: z.record(z.string(), FlowCounts).describe('allowed, monitored, unmatched, denied'),
   topPeers: z
     .array(z.object({ peer: z.string(), peerGroup: z.string().optional(), ...FlowCounts.shape }))
     .max(TOP_PEERS)

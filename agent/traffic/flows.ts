@@ -39,9 +39,12 @@ export interface Counts {
  * - monitored: a monitor-mode device, no entry covers it (it passed, and was logged);
  * - unmatched: an enforce-mode device, no entry covers it: the connection predates the ruleset
  *   (the established fast path let it continue), or the ruleset is not the one compiled from
- *   this model.
+ *   this model;
+ * - denied: the ruleset dropped it (from the NFLOG group, not conntrack: a dropped first packet
+ *   never becomes a conntrack entry). Its counts are the packets NFLOG reported, which the
+ *   ruleset rate-limits (`logRate`), so they are a lower bound; `entry` is null.
  */
-export type Verdict = 'allowed' | 'monitored' | 'unmatched';
+export type Verdict = 'allowed' | 'monitored' | 'unmatched' | 'denied';
 
 export interface FlowRecord {
   /** When the connection ended (the DESTROY event), ISO 8601. */
