@@ -305,6 +305,7 @@ export class Controller {
           publish: (summary) => {
             if (this.link) this.publish(this.link.topics.flows(), summary, { priority: 'low' });
           },
+          detection: (d) => this.event(d.severity, d.kind, d.message, { ...(d.device !== undefined ? { device: d.device } : {}), dedupKey: d.dedupKey, data: d.data }),
           site: this.config.site,
           gateway: this.config.gateway,
         }),

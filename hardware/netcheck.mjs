@@ -2,6 +2,8 @@
 // A tiny real peer for closed test sites: echo servers and one-shot clients over TCP and UDP.
 //   netcheck.mjs listen tcp|udp PORT [PORT...]   echo whatever arrives, until killed
 //   netcheck.mjs connect tcp|udp HOST PORT [MS]  exit 0 when an echo comes back, 1 otherwise
+//   netcheck.mjs scan tcp HOST FROM-TO [MS]       a connect scan: one attempt per port, 50 at a
+//                                                time; prints "open N closed N filtered N"
 import net from 'node:net';
 import dgram from 'node:dgram';
 
@@ -41,7 +43,30 @@ if (mode === 'listen') {
     sock.on('error', (e) => done(false, e.code));
     sock.send('wardgate', port, host);
   }
+} else if (mode === 'scan' && proto === 'tcp') {
+  const [host, range, msText] = rest;
+  const [from, to] = range.split('-').map(Number);
+  const ms = Number(msText ?? 500);
+  const counts = { open: 0, closed: 0, filtered: 0 };
+  const attempt = (port) =>
+    new Promise((resolve) => {
+      const s = net.connect({ host, port });
+      const end = (what) => {
+        counts[what]++;
+        s.destroy();
+        resolve();
+      };
+      s.setTimeout(ms, () => end('filtered'));
+      s.on('connect', () => end('open'));
+      s.on('error', (e) => end(e.code === 'ECONNREFUSED' ? 'closed' : 'filtered'));
+    });
+  let next = from;
+  const worker = async () => {
+    while (next <= to) await attempt(next++);
+  };
+  await Promise.all(Array.from({ length: 50 }, worker));
+  process.stdout.write(`open ${counts.open} closed ${counts.closed} filtered ${counts.filtered}\n`);
 } else {
-  process.stderr.write('usage: netcheck.mjs listen tcp|udp PORT... | connect tcp|udp HOST PORT [MS]\n');
+  process.stderr.write('usage: netcheck.mjs listen tcp|udp PORT... | connect tcp|udp HOST PORT [MS] | scan tcp HOST FROM-TO [MS]\n');
   process.exit(2);
 }

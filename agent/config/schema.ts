@@ -119,6 +119,31 @@ export const CommandsSchema = z
   })
   .strict();
 
+export const DetectionsSchema = z
+  .object({
+    dedupWindowSeconds: Seconds(1, 86400, 300).describe('An event with the same dedup key is raised at most once per window; repeats are counted into the next one'),
+    maxEventsPerMinute: z.number().int().min(1).max(10000).default(60).describe('Detection events per minute across all kinds; the rest are counted into one detections.suppressed event'),
+    fanout: z
+      .object({
+        windowSeconds: Seconds(1, 3600, 60),
+        peers: z.number().int().min(2).max(100000).default(20).describe('Distinct destination addresses one source may open connections to per window'),
+        ports: z.number().int().min(2).max(65536).default(20).describe('Distinct destination ports one source may try per window'),
+      })
+      .strict()
+      .default({ windowSeconds: 60, peers: 20, ports: 20 })
+      .describe('A source (a device, or a peer towards the devices) opening connections to many addresses or ports: a scan or a worm'),
+    silentAfterSeconds: z
+      .number()
+      .int()
+      .min(0)
+      .max(30 * 86400)
+      .default(0)
+      .describe('Default for devices without silentAfterSeconds; 0: no silence detection'),
+    neighbourIntervalSeconds: Seconds(0, 3600, 30).describe('How often the device segment\'s neighbour table (router) or forwarding database (bridge) is read for new devices; 0: never'),
+    ouiDir: z.string().min(1).default('/usr/share/ieee-data').describe('The IEEE registries (Debian package ieee-data) that name the vendor of a new MAC'),
+  })
+  .strict();
+
 export const TrafficSchema = z
   .object({
     enabled: z
@@ -134,6 +159,7 @@ export const TrafficSchema = z
       .describe('Most disk the flow log (<stateDir>/flows/) may take, all its rotated files together'),
     files: z.number().int().min(1).max(100).default(8).describe('How many files the budget is split into (each at most diskBudgetBytes / files)'),
     summaryIntervalSeconds: Seconds(1, 3600, 60).describe('How often a flows summary (per device: flows, bytes, packets, apps, verdicts, top peers) is published'),
+    detections: DetectionsSchema.default(DetectionsSchema.parse({})).describe('Events for what breaks the baseline (docs/detections.md)'),
   })
   .strict();
 
@@ -282,6 +308,13 @@ export const DeviceSchema = z
     mds2: z.string().optional().describe('Reference to the manufacturer\'s MDS2 form'),
     allow: z.array(AllowEntrySchema).default([]),
     probes: z.array(ProbeSchema).default([]).describe('How the gateway checks that the device is alive'),
+    silentAfterSeconds: z
+      .number()
+      .int()
+      .min(60)
+      .max(30 * 86400)
+      .optional()
+      .describe('Raise device.silent when no traffic of the device is seen for this long (default: traffic.detections.silentAfterSeconds)'),
   })
   .strict()
   .transform((d) => ({ ...d, failMode: d.failMode ?? (d.criticality === 'life-critical' ? 'open' : 'closed') }));

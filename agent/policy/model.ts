@@ -36,6 +36,7 @@ export interface ResolvedDevice {
   mac?: string;
   entries: ResolvedEntry[];
   probes: ProbeConfig[];
+  silentAfterSeconds?: number;
 }
 
 export interface Model {
@@ -185,6 +186,7 @@ export function buildModel(loaded: LoadedConfig): Model {
         ...(d.mac !== undefined ? { mac: d.mac.toLowerCase() } : {}),
         entries,
         probes: d.probes,
+        ...(d.silentAfterSeconds !== undefined ? { silentAfterSeconds: d.silentAfterSeconds } : {}),
       });
     });
   }

@@ -153,9 +153,12 @@ export interface AccountingState {
 
 /**
  * Turns on net.netfilter.nf_conntrack_acct (per network namespace) so that DESTROY events carry
- * packets and bytes per direction. It only counts connections created after it is set.
+ * packets and bytes per direction. It only counts connections created after it is set. Also
+ * nf_conntrack_timestamp (best effort), so that a DESTROY carries its connection's age: the start
+ * of a connection whose NEW came before the agent (re)started is then still known.
  */
 export async function enableAccounting(netns?: string): Promise<AccountingState> {
+  await run(inNetns(netns, ['sysctl', '-q', '-w', 'net.netfilter.nf_conntrack_timestamp=1']));
   const set = await run(inNetns(netns, ['sysctl', '-q', '-w', 'net.netfilter.nf_conntrack_acct=1']));
   const read = await run(inNetns(netns, ['sysctl', '-n', 'net.netfilter.nf_conntrack_acct']));
   if (read.code === 0 && read.stdout.trim() === '1') return { on: true };
@@ -171,15 +174,24 @@ export interface ConntrackReaderOptions {
   onExit?: (code: number | null, stderr: string) => void;
   /** How long conntrack must run before start() resolves (it prints nothing when ready). */
   settleMs?: number;
+  /** The kernel dropped events: the socket buffer overflowed ("We have hit ENOBUFS!"). */
+  onOverrun?: () => void;
 }
 
-export const CONNTRACK_ARGS = ['-E', '-e', 'NEW,DESTROY', '-o', 'timestamp,extended,id'] as const;
+/**
+ * `-b`: the event socket's receive buffer (conntrack sets it with SO_RCVBUFFORCE as root). The
+ * kernel drops events that do not fit, so a burst of new connections needs room while the agent
+ * catches up; 8 MiB holds some 20,000 events.
+ */
+export const CONNTRACK_ARGS = ['-E', '-e', 'NEW,DESTROY', '-o', 'timestamp,extended,id', '-b', String(8 * 1024 * 1024)] as const;
 
 /** A running `conntrack -E`: events go to onEvent until stop(). */
 export class ConntrackReader {
   /** Lines that were not events (counted, not thrown: a format change must not stop the agent). */
   unparsed = 0;
   events = 0;
+  /** Times conntrack said the kernel dropped events (ENOBUFS: its socket buffer overflowed). */
+  overruns = 0;
 
   private constructor(
     private readonly proc: ToolProcess,
@@ -198,6 +210,12 @@ export class ConntrackReader {
       }
       reader.events++;
       opts.onEvent(ev);
+    });
+    createInterface({ input: proc.child.stderr }).on('line', (line) => {
+      if (line.includes('ENOBUFS')) {
+        reader.overruns++;
+        opts.onOverrun?.();
+      }
     });
     // conntrack says nothing once subscribed: wait a moment, and fail if it exited meanwhile.
     await Promise.race([proc.exited, new Promise((r) => setTimeout(r, opts.settleMs ?? 300))]);

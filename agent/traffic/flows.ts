@@ -149,6 +149,22 @@ export class FlowTracker {
     return this.groups.find((g) => g.entry.peers.some((r) => inRange(r, family, value)))?.name;
   }
 
+  /** The named peer group (of some allow entry) an address belongs to. */
+  groupOfAddress(address: string): string | undefined {
+    const parsed = parseAddress(address);
+    return parsed ? this.groupOf(parsed.family, parsed.value) : undefined;
+  }
+
+  /** The listed devices a conntrack event involves (by its original tuple's addresses). */
+  devicesOf(ev: Pick<ConntrackEvent, 'orig'>): string[] {
+    const out: string[] = [];
+    for (const a of [ev.orig.src, ev.orig.dst]) {
+      const ref = this.lookup(a);
+      if (ref) out.push(ref.device.id);
+    }
+    return out;
+  }
+
   /** Feeds one event; returns the flow records it completes (none for NEW events). */
   handle(ev: ConntrackEvent): FlowRecord[] {
     if (ev.type === 'new') {

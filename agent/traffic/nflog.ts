@@ -53,6 +53,8 @@ export interface NflogEvent {
   dport?: number;
   icmpType?: number;
   icmpCode?: number;
+  /** The packet's length by its IP header (total length; IPv6: payload length + 40). */
+  length: number;
 }
 
 export interface NflogStats {
@@ -99,7 +101,7 @@ export function formatIpv6(b: Buffer, at: number): string {
   return `${hex(groups.slice(0, best))}::${hex(groups.slice(best + bestLen))}`;
 }
 
-type Packet = Pick<NflogEvent, 'family' | 'proto' | 'protoNum' | 'src' | 'dst' | 'sport' | 'dport' | 'icmpType' | 'icmpCode'>;
+type Packet = Pick<NflogEvent, 'family' | 'proto' | 'protoNum' | 'src' | 'dst' | 'sport' | 'dport' | 'icmpType' | 'icmpCode' | 'length'>;
 
 /** The addresses, protocol and ports (or ICMP type) of an IP packet; undefined when it is too short. */
 export function parseIpPacket(p: Buffer): Packet | undefined {
@@ -110,6 +112,7 @@ export function parseIpPacket(p: Buffer): Packet | undefined {
   let l4: number;
   let src: string;
   let dst: string;
+  let length: number;
   let firstFragment = true;
   if (version === 4) {
     const ihl = (p[0]! & 0x0f) * 4;
@@ -119,6 +122,7 @@ export function parseIpPacket(p: Buffer): Packet | undefined {
     src = ipv4(p, 12);
     dst = ipv4(p, 16);
     firstFragment = (p.readUInt16BE(6) & 0x1fff) === 0;
+    length = p.readUInt16BE(2);
     l4 = ihl;
   } else if (version === 6) {
     if (p.length < 40) return undefined;
@@ -126,6 +130,7 @@ export function parseIpPacket(p: Buffer): Packet | undefined {
     src = formatIpv6(p, 8);
     dst = formatIpv6(p, 24);
     protoNum = p[6]!;
+    length = p.readUInt16BE(4) + 40;
     l4 = 40;
     // Hop-by-hop, routing, destination options and fragment headers, to the transport header.
     for (let hops = 0; hops < 8; hops++) {
@@ -146,7 +151,7 @@ export function parseIpPacket(p: Buffer): Packet | undefined {
   } else {
     return undefined;
   }
-  const pkt: Packet = { family, proto: PROTO_NAMES[protoNum] ?? String(protoNum), protoNum, src, dst };
+  const pkt: Packet = { family, proto: PROTO_NAMES[protoNum] ?? String(protoNum), protoNum, src, dst, length };
   if (!firstFragment) return pkt;
   if ((protoNum === 6 || protoNum === 17 || protoNum === 132) && p.length >= l4 + 4) {
     pkt.sport = p.readUInt16BE(l4);

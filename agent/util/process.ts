@@ -16,7 +16,10 @@ export async function stopProcess(child: ChildProcess, exited: Promise<unknown>,
 
 export class ToolProcess {
   readonly child: ChildProcessByStdio<null, Readable, Readable>;
-  /** Resolves with the exit code (-1 when it could not be spawned). */
+  /**
+   * Resolves with the exit code (-1 when it could not be spawned), once the process has exited
+   * and its output is closed: every line it wrote has been delivered by then.
+   */
   readonly exited: Promise<number | null>;
   /** Set once the process has exited. */
   exitCode: number | null | undefined;
@@ -28,7 +31,7 @@ export class ToolProcess {
     this.child = spawn(argv[0] ?? '', argv.slice(1), { stdio: ['ignore', 'pipe', 'pipe'] });
     this.exited = new Promise((resolve) => {
       this.child.on('error', () => resolve((this.exitCode = -1)));
-      this.child.on('exit', (code) => resolve((this.exitCode = code)));
+      this.child.on('close', (code) => resolve((this.exitCode = code)));
     });
     this.child.stderr.on('data', (d: Buffer) => {
       if (this.stderr.length < 4096) this.stderr += d.toString();
