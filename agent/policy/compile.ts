@@ -192,8 +192,10 @@ export function compile(model: Model, opts: CompileOptions): CompiledRuleset {
         );
       }
       const prefix = (verdict: string) => quote(`wg ${verdict} ${dev.id} ${dir} `);
+      // queue-threshold 1: the kernel hands each logged packet to the reader at once, instead of
+      // batching up to 100 for up to a second (a packet still batched when the reader stops is lost).
       const logRule = (verdict: string) =>
-        `\t\tlimit rate ${g.logRate}/second burst ${g.logRate * 2} packets counter log group ${g.nflogGroup} prefix ${prefix(verdict)} comment ${quote(`${dev.id} ${direction}: ${verdict} sent to NFLOG ${g.nflogGroup}`)}`;
+        `\t\tlimit rate ${g.logRate}/second burst ${g.logRate * 2} packets counter log group ${g.nflogGroup} queue-threshold 1 prefix ${prefix(verdict)} comment ${quote(`${dev.id} ${direction}: ${verdict} sent to NFLOG ${g.nflogGroup}`)}`;
       if (failsafe) {
         const verdict = dev.failMode === 'open' ? 'failopen' : 'failclosed';
         e.line(logRule(verdict), devSource);
@@ -240,7 +242,10 @@ export function compile(model: Model, opts: CompileOptions): CompiledRuleset {
   e.line('\t\tudp sport 67 udp dport 68 counter accept comment "DHCPv4 replies to the gateway"', inp);
   e.line('\t\tudp sport 547 udp dport 546 counter accept comment "DHCPv6 replies to the gateway"', inp);
   if (g.gatewayInput === 'drop') {
-    e.line(`\t\tlimit rate ${g.logRate}/second burst ${g.logRate * 2} packets counter log group ${g.nflogGroup} prefix "wg deny gateway in " comment "gatewayInput: drop, sent to NFLOG ${g.nflogGroup}"`, inp);
+    // Hosts' link-local chatter (MLD reports, router solicitations, discovery broadcasts) is
+    // nobody's connection attempt: dropped like the rest, but not logged as denied.
+    e.line('\t\tmeta pkttype { broadcast, multicast } counter drop comment "gatewayInput: drop, broadcast and multicast not logged"', inp);
+    e.line(`\t\tlimit rate ${g.logRate}/second burst ${g.logRate * 2} packets counter log group ${g.nflogGroup} queue-threshold 1 prefix "wg deny gateway in " comment "gatewayInput: drop, sent to NFLOG ${g.nflogGroup}"`, inp);
     e.line('\t\tcounter drop comment "gatewayInput: drop"', inp);
   } else {
     e.line('\t\tcounter accept comment "gatewayInput: accept"', inp);

@@ -229,7 +229,7 @@ export class ConntrackReader {
   }
 
   /** Stops conntrack; resolves once it has exited (SIGKILL after `ms`). */
-  async stop(ms = 2000): Promise<void> {
-    await this.proc.stop(ms);
+  async stop(ms = 2000, quietMs = 200): Promise<void> {
+    await this.proc.stop(ms, quietMs);
   }
 }

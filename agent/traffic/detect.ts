@@ -68,6 +68,12 @@ export class Detector {
   /** Dedup key -> when it was last raised and how many repeats were held back since. */
   private readonly keys = new Map<string, { at: number; repeats: number }>();
   private readonly knownUnlisted = new Set<string>();
+  /**
+   * Unknown MACs seen without an address on the segments (a bridge's forwarding database, IPv6
+   * link-local neighbours), held for a while: a listed device without a MAC in its record is
+   * recognised once it shows up with its address.
+   */
+  private readonly pendingMacs = new Map<string, number>();
   /** Unlisted addresses seen in traffic, held until a neighbour read can add their MAC. */
   private readonly pendingAddresses = new Map<string, number>();
   private fanout = new Map<string, Fanout>();
@@ -178,6 +184,7 @@ export class Detector {
         });
       } else if (!d.mac && !this.byMac.has(n.mac)) {
         this.byMac.set(n.mac, d);
+        this.pendingMacs.delete(n.mac);
       }
     }
     for (const n of rows) {
@@ -196,8 +203,21 @@ export class Detector {
       }
       const key = `mac:${n.mac}`;
       if (this.knownUnlisted.has(key)) continue;
+      if (address === undefined) {
+        if (!this.pendingMacs.has(n.mac) && this.pendingMacs.size < MAX_KEYS) this.pendingMacs.set(n.mac, this.now());
+        continue;
+      }
+      this.pendingMacs.delete(n.mac);
       this.remember(key);
-      fresh.push({ mac: n.mac, ...(address !== undefined ? { address } : {}) });
+      fresh.push({ mac: n.mac, address });
+    }
+    const now = this.now();
+    const wait = Math.max(60_000, (2 * this.cfg.neighbourIntervalSeconds + 1) * 1000);
+    for (const [mac, since] of this.pendingMacs) {
+      if (now - since < wait) continue;
+      this.pendingMacs.delete(mac);
+      this.remember(`mac:${mac}`);
+      fresh.push({ mac });
     }
     if (fresh.length === 0) return;
     const vendors = this.deps.vendors ? await this.deps.vendors(fresh.map((n) => n.mac)).catch(() => new Map<string, Vendor>()) : new Map<string, Vendor>();

@@ -342,7 +342,7 @@ export class NflogReader {
   }
 
   /** Stops tcpdump; resolves once it has exited (SIGKILL after `ms`). */
-  async stop(ms = 2000): Promise<void> {
-    await this.proc.stop(ms);
+  async stop(ms = 2000, quietMs = 200): Promise<void> {
+    await this.proc.stop(ms, quietMs);
   }
 }

@@ -26,6 +26,7 @@ export class ToolProcess {
   /** The first 4 KiB of stderr. */
   stderr = '';
   private stopping = false;
+  private lastOutput = 0;
 
   constructor(readonly argv: string[]) {
     this.child = spawn(argv[0] ?? '', argv.slice(1), { stdio: ['ignore', 'pipe', 'pipe'] });
@@ -36,6 +37,7 @@ export class ToolProcess {
     this.child.stderr.on('data', (d: Buffer) => {
       if (this.stderr.length < 4096) this.stderr += d.toString();
     });
+    this.child.stdout.on('data', () => (this.lastOutput = Date.now()));
   }
 
   /** An error naming the command, why it failed, and what it said. */
@@ -54,8 +56,18 @@ export class ToolProcess {
     return this.child.pid;
   }
 
-  async stop(ms: number): Promise<void> {
+  /**
+   * Stops the tool. With `quietMs`, first waits (at most `ms`) until it has written nothing for
+   * that long, counted from the call at the earliest: what the kernel had already queued for it
+   * (events in its netlink socket) is read and written out, not lost with the process.
+   */
+  async stop(ms: number, quietMs = 0): Promise<void> {
     this.stopping = true;
+    const called = Date.now();
+    const deadline = called + ms;
+    while (quietMs > 0 && this.exitCode === undefined && Date.now() < deadline && Date.now() - Math.max(called, this.lastOutput) < quietMs) {
+      await new Promise((r) => setTimeout(r, 25));
+    }
     await stopProcess(this.child, this.exited, ms);
   }
 }

@@ -172,7 +172,7 @@ describe('detections', () => {
 
   it.skipIf(!existsSync(IEEE_DATA_DIR))('a new MAC on the segment is device.new with its vendor; a known address from another MAC is a mismatch', async () => {
     const devices = model.devices.map((dev) => (dev.id === 'ct-01' ? { ...dev, mac: '00:1b:63:84:45:e6' } : dev));
-    const { d, events } = detector({}, { devices, segments: model.segments });
+    const { d, events, advance } = detector({}, { devices, segments: model.segments });
     await d.neighbours([
       { address: '10.20.0.11', mac: '00:1b:63:84:45:e6' },
       // pump-01 has no MAC in its record: learnt, so its link-local entry is no new device.
@@ -184,6 +184,20 @@ describe('detections', () => {
     await d.neighbours([{ address: '10.20.0.99', mac: '00:00:0c:12:34:56' }]);
     await d.neighbours([{ address: '10.20.0.11', mac: '00:00:0c:aa:aa:aa' }]);
     expect(events.map((e) => e.kind)).toEqual(['device.new', 'device.mac-mismatch']);
+    // A MAC with no address on the segments (a bridge's forwarding database) waits a minute for
+    // one to show up that names a listed device (two neighbour reads, at least, so 61 s with the
+    // default 30 s interval); then it is new, without an address.
+    await d.neighbours([{ mac: '00:00:0c:77:77:77' }, { mac: '02:00:00:00:00:21' }]);
+    advance(30_000);
+    await d.neighbours([{ mac: '00:00:0c:77:77:77' }, { mac: '02:00:00:00:00:21' }, { address: '10.20.0.21', mac: '02:00:00:00:00:21' }]);
+    expect(events).toHaveLength(2);
+    advance(30_000);
+    await d.neighbours([]);
+    expect(events).toHaveLength(2);
+    advance(1000);
+    await d.neighbours([]);
+    expect(events.map((e) => e.kind)).toEqual(['device.new', 'device.mac-mismatch', 'device.new']);
+    expect(events[2]!.data).toEqual({ mac: '00:00:0c:77:77:77', vendor: 'Cisco Systems, Inc', registry: 'MA-L' });
     expect(events[0]!.data).toMatchObject({ mac: '00:00:0c:12:34:56', address: '10.20.0.99', vendor: 'Cisco Systems, Inc', registry: 'MA-L' });
     expect(events[0]!.message).toContain('Cisco');
     expect(events[1]).toMatchObject({ severity: 'critical', device: 'ct-01', data: { expectedMac: '00:1b:63:84:45:e6', mac: '00:00:0c:aa:aa:aa' } });

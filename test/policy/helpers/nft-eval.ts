@@ -359,6 +359,9 @@ function selector(p: Packet, a: string, b: string): Value {
     return p.family === 'ipv6' && p.proto === 'icmp' ? p.icmpType : undefined;
   } else if (a === 'ct' && b === 'state') {
     return p.ct;
+  } else if (a === 'meta' && b === 'pkttype') {
+    // The generated packets are all unicast to an address.
+    return 'host';
   }
   throw new Error(`selector "${a} ${b}" is not understood by this evaluator`);
 }
@@ -395,7 +398,7 @@ function evalRule(table: NftTable, rule: Tok[], p: Packet): RuleResult {
     }
     if (t === 'log') {
       i++;
-      while (w(i) === 'group' || w(i) === 'prefix') {
+      while (w(i) === 'group' || w(i) === 'prefix' || w(i) === 'queue-threshold') {
         if (w(i) === 'prefix' && rule[i + 1]?.t !== 'str') throw fail('log prefix without a string');
         i += 2;
       }
