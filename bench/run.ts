@@ -7,8 +7,10 @@
 // (rounds, default 5 for throughput and outbox, 3 for udp), WARDGATE_BENCH_SECONDS (seconds per
 // traffic run, default 3), WARDGATE_BENCH_EVENTS (outbox events per run, default 5000),
 // WARDGATE_BENCH_BROKER (outbox: mosquitto or aedes; default mosquitto when installed),
-// WARDGATE_BENCH_RSS_SECONDS (rss: seconds each agent runs, default 25).
+// WARDGATE_BENCH_RSS_SECONDS (rss: seconds each agent runs, default 25), WARDGATE_BENCH_FLOWS
+// (flows: new flows per round, default 20000).
 import { apply } from './apply.js';
+import { flows } from './flows.js';
 import { commandMissing, removeStale, rootSkipReason } from './lib.js';
 import { outbox } from './outbox.js';
 import { rss } from './rss.js';
@@ -28,6 +30,7 @@ const BENCHES: Bench[] = [
   { name: 'apply', what: 'compile + nft -f load time, wardgate against a linear rendering, 10 to 10,000 entries', root: true, run: apply },
   { name: 'throughput', what: 'TCP forwarding throughput through 10,000 entries against no table (iperf3)', root: true, needs: ['iperf3'], run: throughput },
   { name: 'udp', what: 'packet rate of one-way UDP, every packet classified, through 10,000 entries', root: true, run: udp },
+  { name: 'flows', what: 'flow records/s of the agent\'s traffic pipeline against conntrack -E alone, and its CPU per 1,000 flows', root: true, needs: ['conntrack', 'tcpdump'], run: flows },
   { name: 'outbox', what: 'events/s persisted in the outbox and delivered at QoS 1 by the link, against plain mqtt.js QoS 1', root: false, run: outbox },
   { name: 'rss', what: 'resident memory of `wardgate run` probing 50 devices, against the same agent with none', root: false, run: rss },
 ];

@@ -28,6 +28,8 @@ export interface TrafficDeps {
   publish: (summary: FlowsSummaryPayload) => void;
   /** A detection, to be raised as an event. */
   detection: (d: Detection) => void;
+  /** Each record once written to the flow log (the flow-rate benchmark counts them). */
+  onRecord?: (rec: FlowRecord) => void;
   site: string;
   gateway: string;
 }
@@ -102,6 +104,7 @@ export function trafficModule(deps: TrafficDeps): Module {
     flowLog?.write(rec);
     summary.add(rec);
     detector?.flow(rec);
+    deps.onRecord?.(rec);
   };
 
   let first: Promise<void> | undefined;
