@@ -344,6 +344,7 @@ export class SyslogSink {
       if (this.state === 'waiting') this.connect();
     }, delay);
     this.retry.unref();
+    this.settle();
   }
 
   /** Hands queued messages to the socket until it pushes back or the queue is empty. */
@@ -382,7 +383,7 @@ export class SyslogSink {
 
   /** Wakes close() when there is nothing left to hand over. */
   private settle(): void {
-    if (this.queue.length > 0 && this.state === 'connected') return;
+    if (this.queue.length > 0 && (this.state === 'connected' || this.state === 'connecting')) return;
     if (this.udpInFlight > 0 || this.blocked) return;
     for (const f of this.idle.splice(0)) f();
   }
@@ -393,9 +394,9 @@ export class SyslogSink {
    */
   async close(): Promise<void> {
     if (this.state === 'closed') return;
-    const wasConnected = this.state === 'connected';
-    clearTimeout(this.retry);
-    if (wasConnected && (this.queue.length > 0 || this.udpInFlight > 0 || this.blocked)) {
+    // Only a connection that is up or on its way gets the chance; a collector known to be down does not.
+    const live = this.state === 'connected' || this.state === 'connecting';
+    if (live && (this.queue.length > 0 || this.udpInFlight > 0 || this.blocked)) {
       await new Promise<void>((done) => {
         const t = setTimeout(done, this.opts.flushMs ?? 2000);
         this.idle.push(() => {
@@ -405,6 +406,7 @@ export class SyslogSink {
         this.pump();
       });
     }
+    clearTimeout(this.retry);
     this.state = 'closed';
     for (const m of this.drain()) this.counters.dropped[m]++;
     const socket = this.socket;

@@ -4,9 +4,10 @@
 import { describe, expect, it } from 'vitest';
 import { formatDiagnostic } from '../../agent/config/diagnostics.js';
 import { loadGatewayText } from '../../agent/config/load.js';
+import { FACILITIES } from '../../agent/config/schema.js';
 import { cefExtension, escapeExtension, escapeHeader, formatCef } from '../../agent/export/cef.js';
 import { SeverityQueue } from '../../agent/export/queue.js';
-import { BOM, escapeParamValue, formatRfc5424, headerField, pri, sdName } from '../../agent/export/rfc5424.js';
+import { BOM, escapeParamValue, FACILITY_CODES, formatRfc5424, headerField, pri, sdName } from '../../agent/export/rfc5424.js';
 import { backoffMs, defaultMaxBytes, defaultPort, formatEvent, frameOctetCounted, type FormatOptions } from '../../agent/export/syslog.js';
 import type { EventPayload } from '../../agent/mqtt/topics.js';
 
@@ -45,6 +46,11 @@ describe('RFC 5424', () => {
       '[wardgateData@32473 kernel="drifted" restored="committed"]' +
       '[meta sequenceId="7"] ';
     expect(bytes.equals(Buffer.concat([Buffer.from(head, 'ascii'), Buffer.from([0xef, 0xbb, 0xbf]), Buffer.from('the wardgate table was altered', 'ascii')]))).toBe(true);
+  });
+
+  it('every facility gateway.yaml accepts has its code, and no other', () => {
+    expect(Object.keys(FACILITY_CODES).sort()).toEqual([...FACILITIES].sort());
+    expect(Object.values(FACILITY_CODES).sort((a, b) => a - b)).toEqual(Array.from({ length: 24 }, (_, i) => i));
   });
 
   it('PRI is facility * 8 + severity: local4 by default, crit 2, warning 4, info 6', () => {
