@@ -19,16 +19,18 @@ export function escapeExtension(value: string): string {
   return value.replace(/[\\=\r\n]/g, (c) => (c === '\n' ? '\\n' : c === '\r' ? '\\r' : `\\${c}`));
 }
 
+const MAC = /^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$/;
 const isPort = (v: unknown): v is number => typeof v === 'number' && Number.isInteger(v) && v >= 0 && v <= 65535;
 const ipOf = (v: unknown): string | undefined => (typeof v === 'string' && isIP(v) !== 0 ? v : undefined);
 
 /**
- * The extension, in a fixed order: rt, dvchost, externalId, cs1 site, cs2 device, cs3 dedupKey;
- * cs5 truncated when the text was cut; then from data: src and dst (IPv4; IPv6 goes in c6a2 and c6a3, labelled), spt (data.sport or
- * spt), dpt (dport or dpt), proto, app, act (verdict), deviceDirection (0 inbound, 1 outbound);
- * last cs4 with every other data field as JSON. Without src/dst in data, a flow's `peer` is
- * src when it is inbound (the peer opened the connection) and dst when outbound, and its
- * `deviceAddress` the other way round; both also stay in cs4.
+ * The extension, in a fixed order: rt, dvchost, externalId, cs1 site, cs2 device, cs3 dedupKey,
+ * cs5 truncated when the text was cut; then from data: src and dst (IPv4; IPv6 goes in c6a2 and
+ * c6a3, labelled), smac, spt (data.sport or spt), dpt (dport, dpt or port), proto, app, act
+ * (verdict), deviceDirection (0 inbound, 1 outbound); last cs4 with every other data field as
+ * JSON. Without src/dst in data, a flow's `peer` is src when it is inbound (the peer opened the
+ * connection) and dst when outbound, its `deviceAddress` the other way round; else `source` (a
+ * scan) or `address` (a host on the segment) is src, and `mac` smac. Those fields stay in cs4 too.
  */
 export function cefExtension(event: EventPayload, hostname: string, opts: { withoutData?: boolean; truncated?: boolean } = {}): [string, string][] {
   const t = Date.parse(event.ts);
@@ -67,12 +69,16 @@ export function cefExtension(event: EventPayload, hostname: string, opts: { with
     src ??= deviceAddress;
     dst ??= peer;
   }
+  // A scan's source (traffic.fanout), a host seen on the segment (device.new, device.mac-mismatch).
+  src ??= ipOf(data.source) ?? ipOf(data.address);
+  const smac = typeof data.mac === 'string' && MAC.test(data.mac) ? data.mac.toLowerCase() : undefined;
   if (src !== undefined && isIPv4(src)) ext.push(['src', src]);
   if (dst !== undefined && isIPv4(dst)) ext.push(['dst', dst]);
   if (src !== undefined && isIPv6(src)) ext.push(['c6a2Label', 'source'], ['c6a2', src]);
   if (dst !== undefined && isIPv6(dst)) ext.push(['c6a3Label', 'destination'], ['c6a3', dst]);
+  if (smac !== undefined) ext.push(['smac', smac]);
   const spt = take(['sport', 'spt'], isPort);
-  const dpt = take(['dport', 'dpt'], isPort);
+  const dpt = take(['dport', 'dpt', 'port'], isPort);
   if (spt !== undefined) ext.push(['spt', String(spt)]);
   if (dpt !== undefined) ext.push(['dpt', String(dpt)]);
   for (const [key, from] of [['proto', 'proto'], ['app', 'app'], ['act', 'verdict']] as const) {

@@ -125,6 +125,20 @@ describe('CEF', () => {
     expect(ex.dpt).toBeUndefined();
   });
 
+  it("the detections' data: flow.denied with port, device.new with address and MAC, traffic.fanout with source", () => {
+    const ext = (data: Record<string, unknown>) => Object.fromEntries(cefExtension({ ...FLOW, data }, 'h'));
+    expect(ext({ direction: 'outbound', peer: '203.0.113.9', proto: 'tcp', port: 445, app: null })).toMatchObject({
+      dst: '203.0.113.9',
+      dpt: '445',
+      proto: 'tcp',
+      deviceDirection: '1',
+      cs4: '{"peer":"203.0.113.9","app":null}',
+    });
+    const added = ext({ mac: '02:AB:cd:00:00:01', address: '10.20.0.77', vendor: 'Example Medical', registry: 'MA-L' });
+    expect(added).toMatchObject({ src: '10.20.0.77', smac: '02:ab:cd:00:00:01', cs4: '{"mac":"02:AB:cd:00:00:01","address":"10.20.0.77","vendor":"Example Medical","registry":"MA-L"}' });
+    expect(ext({ source: '10.20.0.11', peers: 40, ports: 3 })).toMatchObject({ src: '10.20.0.11', cs4: '{"source":"10.20.0.11","peers":40,"ports":3}' });
+  });
+
   it('in a syslog message: MSG is the CEF line without a BOM, the structured data only meta', () => {
     const o: FormatOptions = { format: 'cef', facility: 'local4', hostname: 'gw-1', procid: 4242, version: '9.9.9', sequenceId: 3, maxBytes: 8192 };
     const { bytes } = formatEvent(FLOW, o);
