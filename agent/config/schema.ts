@@ -163,6 +163,60 @@ export const TrafficSchema = z
   })
   .strict();
 
+// The names are rsyslog's; agent/export/rfc5424.ts holds their codes (RFC 5424 6.2.1).
+export const FACILITIES = ['kern', 'user', 'mail', 'daemon', 'auth', 'syslog', 'lpr', 'news', 'uucp', 'cron', 'authpriv', 'ftp', 'ntp', 'security', 'console', 'solaris-cron', 'local0', 'local1', 'local2', 'local3', 'local4', 'local5', 'local6', 'local7'] as const;
+
+export const SyslogSchema = z
+  .object({
+    host: z.string().regex(/^[A-Za-z0-9.:_-]{1,253}$/, 'a host name or an IPv4/IPv6 address').describe('The collector (rsyslog, syslog-ng, a SIEM\'s syslog input)'),
+    port: z.number().int().min(1).max(65535).optional().describe('Defaults to 514 for udp and tcp, 6514 for tls (RFC 5425)'),
+    transport: z.enum(['udp', 'tcp', 'tls']).default('tls').describe('tls (RFC 5425) needs tls.ca; tcp uses the same octet-counting framing (RFC 6587 3.4.1) in clear; udp is one datagram per message (RFC 5426)'),
+    format: z.enum(['rfc5424', 'cef']).default('rfc5424').describe('rfc5424: the event in structured data; cef: MSG is an ArcSight CEF line'),
+    facility: z.enum(FACILITIES).default('local4'),
+    hostname: z
+      .string()
+      .regex(/^[\x21-\x7e]{1,255}$/, '1-255 printable ASCII characters, no spaces')
+      .default('gateway')
+      .describe('HOSTNAME of every message: "gateway" sends the gateway id, "os" the host name of the box, anything else is sent as it is'),
+    minSeverity: z.enum(['info', 'warning', 'critical']).default('info').describe('Events below this severity are not sent'),
+    queueSize: z.number().int().min(1).max(100000).default(1000).describe('Messages held in memory while the collector is unreachable; when full, the oldest of the lowest severity goes first'),
+    maxMessageBytes: z
+      .number()
+      .int()
+      .min(480)
+      .max(65507)
+      .optional()
+      .describe('Longest message; longer ones are cut (the text first). Defaults to 2048 for udp (RFC 5426 6.1), 8192 for tcp and tls (RFC 5425 4.3.1)'),
+    tls: z
+      .object({
+        ca: z.string().min(1).describe('CA certificate (PEM) that signed the collector\'s certificate; relative to the gateway file'),
+        cert: z.string().min(1).optional().describe('Client certificate (PEM), for collectors that ask for one'),
+        key: z.string().min(1).optional().describe('Its private key (PEM), mode 0600'),
+        serverName: z.string().min(1).optional().describe('The name the collector\'s certificate must carry; defaults to host'),
+      })
+      .strict()
+      .optional(),
+    reconnect: z
+      .object({ minSeconds: Seconds(1, 60, 1), maxSeconds: Seconds(1, 3600, 60) })
+      .strict()
+      .default({ minSeconds: 1, maxSeconds: 60 })
+      .describe('tcp and tls: exponential backoff with full jitter between these bounds'),
+  })
+  .strict()
+  .superRefine((s, ctx) => {
+    if (s.transport === 'tls' && s.tls === undefined) ctx.addIssue({ code: 'custom', path: ['transport'], message: 'transport tls (the default) needs tls.ca, the CA that signed the collector\'s certificate' });
+    if (s.transport !== 'tls' && s.tls !== undefined) ctx.addIssue({ code: 'custom', path: ['tls'], message: `tls settings apply only to transport tls, and transport is ${s.transport}` });
+    if (s.tls && (s.tls.cert === undefined) !== (s.tls.key === undefined)) ctx.addIssue({ code: 'custom', path: ['tls', s.tls.cert === undefined ? 'key' : 'cert'], message: 'tls.cert and tls.key go together' });
+    if (s.reconnect.minSeconds > s.reconnect.maxSeconds) ctx.addIssue({ code: 'custom', path: ['reconnect', 'minSeconds'], message: 'minSeconds is above maxSeconds' });
+  });
+export type SyslogConfig = z.infer<typeof SyslogSchema>;
+
+export const SiemSchema = z
+  .object({
+    syslog: SyslogSchema.optional().describe('Events as RFC 5424 syslog (or CEF) to a collector: docs/siem.md'),
+  })
+  .strict();
+
 export const GatewaySchema = z
   .object({
     apiVersion: z.literal(API_VERSION),
@@ -222,6 +276,7 @@ export const GatewaySchema = z
     outbox: OutboxSchema.default(OutboxSchema.parse({})),
     commands: CommandsSchema.default(CommandsSchema.parse({})),
     traffic: TrafficSchema.default(TrafficSchema.parse({})).describe('The flow log and its summaries (issue 4)'),
+    siem: SiemSchema.optional().describe('Export of events to a SIEM'),
   })
   .strict();
 export type GatewayConfig = z.infer<typeof GatewaySchema>;
