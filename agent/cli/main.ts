@@ -24,6 +24,8 @@ usage: wardgate <command> [options]
   policy status     what the kernel runs, what is committed, what is pending (--json)
   policy restore    load the committed ruleset (boot time); the fail-safe one if it cannot
   policy schema     print the JSON Schema of policy files (--out-dir D: write both schemas)
+  flows map         the data-flow map per device: allowed vs observed flows, PHI marked, as DOT
+                    or SVG (--device ID, --since 24h|TIME, --format dot|svg, --out FILE)
   audit verify      check the audit log's hash chain; exit 1 naming the first bad line (--json)
   audit show        print the audit records (--json)
   console keygen    make a console's Ed25519 key pair (--out DIR [--id NAME])
@@ -76,6 +78,9 @@ export async function main(argv: string[], io: Io = processIo): Promise<number> 
         cert: { type: 'string' },
         'cert-key': { type: 'string' },
         config: { type: 'string' },
+        device: { type: 'string' },
+        since: { type: 'string' },
+        format: { type: 'string' },
         help: { type: 'boolean', short: 'h' },
       },
     });
@@ -114,6 +119,16 @@ export async function main(argv: string[], io: Io = processIo): Promise<number> 
           ...global,
           ...(v.json !== undefined ? { json: v.json } : {}),
           ...(v.file !== undefined ? { file: v.file } : {}),
+        }, io);
+      }
+      case 'flows': {
+        const { flowsCommand } = await import('./flows.js');
+        return await flowsCommand(sub, {
+          ...global,
+          ...(v.device !== undefined ? { device: v.device } : {}),
+          ...(v.since !== undefined ? { since: v.since } : {}),
+          ...(v.format !== undefined ? { format: v.format } : {}),
+          ...(v.out !== undefined ? { out: v.out } : {}),
         }, io);
       }
       case 'console': {

@@ -281,6 +281,9 @@ export const GatewaySchema = z
   .strict();
 export type GatewayConfig = z.infer<typeof GatewaySchema>;
 
+/** Application protocols an allow entry can name (the flow log knows them by well-known port). */
+export const APPS = ['DICOM', 'HL7', 'Modbus', 'HTTPS', 'DNS', 'NTP', 'SSH'] as const;
+
 export const AllowEntrySchema = z
   .object({
     peer: z
@@ -295,6 +298,10 @@ export const AllowEntrySchema = z
       .array(PortSpec)
       .optional()
       .describe('Destination ports of the opening packet (required for tcp and udp, not allowed for icmp)'),
+    app: z
+      .enum(APPS)
+      .optional()
+      .describe('The application protocol the entry carries, where its port is not the well-known one (HL7 on 2576); the data-flow map marks DICOM and HL7 as patient data'),
     comment: z.string().max(200).optional(),
   })
   .strict();

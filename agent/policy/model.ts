@@ -3,7 +3,7 @@
 import { createHash } from 'node:crypto';
 import { ConfigError, formatPath, type Diagnostic, type SourceRef } from '../config/diagnostics.js';
 import type { LoadedConfig } from '../config/load.js';
-import type { Device, GatewayConfig, PortSpec, ProbeConfig } from '../config/schema.js';
+import type { AllowEntry, Device, GatewayConfig, PortSpec, ProbeConfig } from '../config/schema.js';
 import { locate, type YamlSource } from '../config/yaml-source.js';
 import { contains, familyOf, parseAddress, parsePrefix, type AddrRange, type Family } from './net.js';
 
@@ -22,6 +22,7 @@ export interface ResolvedEntry {
   peer: string;
   /** The peer's addresses, both families; the compiler uses those of the device's families. */
   peers: AddrRange[];
+  app?: AllowEntry['app'];
   comment?: string;
 }
 
@@ -171,6 +172,7 @@ export function buildModel(loaded: LoadedConfig): Model {
           ports: e.proto === 'icmp' ? [] : parsePorts(e.ports ?? []),
           peer: e.peer,
           peers,
+          ...(e.app !== undefined ? { app: e.app } : {}),
           ...(e.comment !== undefined ? { comment: e.comment } : {}),
         });
       });
