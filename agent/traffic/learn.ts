@@ -13,10 +13,12 @@
 // - icmp and icmpv6 flows become one `icmp` entry per direction and peer (echo, no ports);
 // - denied flows are not proposed: their first packet was dropped, so they are attempts, not
 //   working traffic (`policy diff --observed` lists them for a person to decide); nor is traffic
-//   the policy format cannot express (other protocols, tcp or udp without a port).
-import { isMap, isScalar, isSeq, Scalar, YAMLSeq, type Document } from 'yaml';
+//   the policy format cannot express (other protocols, tcp or udp without a port);
+// - an entry keeps the `comment` of an existing entry with the same direction, peer and protocol.
+import { readFileSync } from 'node:fs';
+import { Document, isMap, isNode, isScalar, isSeq, parseDocument, Scalar, YAMLMap, YAMLSeq, type Pair, type Range } from 'yaml';
 import type { LoadedConfig, LoadedPolicy } from '../config/load.js';
-import type { PortSpec } from '../config/schema.js';
+import type { AllowEntry, PortSpec } from '../config/schema.js';
 import type { Direction, Proto, ResolvedDevice } from '../policy/model.js';
 import { parseAddress, parsePrefix, type AddrRange, type Family } from '../policy/net.js';
 import type { Verdict } from './flows.js';
@@ -214,26 +216,23 @@ export interface RenderMeta {
   since?: Date;
   /** How the flows were read, for the header comment ("the flow log of <stateDir>"). */
   from: string;
+  /** The device file's text as loaded; read from its path when not given. */
+  text?: string;
 }
 
-/**
- * The device's policy file with the device's allow list replaced by the proposal: comments,
- * groups and any other device in that file are kept, so the result goes in place of the file.
- */
-export function renderProposal(loaded: LoadedConfig, proposal: Proposal, meta: RenderMeta): { path: string; text: string } {
-  const at = fileOf(loaded, proposal.device);
-  if (!at) throw new LearnError(`device "${proposal.device}" is in no policy file`);
-  const doc: Document = at.policy.source.doc.clone();
-  const device = doc.getIn(['devices', at.index], true);
-  if (!isMap(device)) throw new LearnError(`${at.policy.source.file}: devices[${at.index}] is not a mapping`);
-
+/** The proposal as an `allow` pair: a header comment on the key, then one commented entry each. */
+function allowPair(proposal: Proposal, meta: RenderMeta, existing: readonly AllowEntry[]): Pair {
+  const doc = new Document();
   const seq = new YAMLSeq();
   for (const e of proposal.entries) {
+    // What a person wrote about the same peer and protocol still describes it.
+    const comment = existing.find((x) => x.comment !== undefined && x.direction === e.direction && x.peer === e.peer && x.proto === e.proto)?.comment;
     const node = doc.createNode({
       peer: e.peer,
       direction: e.direction,
       proto: e.proto,
       ...(e.proto === 'icmp' ? {} : { ports: e.ports }),
+      ...(comment !== undefined ? { comment } : {}),
     });
     const peer = node.get('peer', true);
     // An IPv6 address reads better quoted, as in the example policies (it is a string either way).
@@ -246,22 +245,93 @@ export function renderProposal(loaded: LoadedConfig, proposal: Proposal, meta: R
   if (seq.items.length === 0) seq.flow = true;
   const first = proposal.entries.reduce((t, e) => (e.firstSeen < t ? e.firstSeen : t), '\uffff');
   const last = proposal.entries.reduce((t, e) => (e.lastSeen > t ? e.lastSeen : t), '');
-  const header = [
+  const key = doc.createNode('allow');
+  key.commentBefore = [
     ` Proposed by wardgate policy learn at ${meta.generatedAt.toISOString()} from ${proposal.flows} flow${proposal.flows === 1 ? '' : 's'}`,
     ` in ${meta.from}${meta.since ? ` since ${meta.since.toISOString()}` : ''}${proposal.entries.length > 0 ? `, seen ${first} to ${last}` : ''}.`,
     ...(proposal.left.length > 0 ? [` Not proposed: ${leftSummary(proposal)} (see docs/learning.md).`] : []),
     ' Review every entry before setting mode: enforce.',
   ].join('\n');
-  const allowKey = device.items.find((p) => isScalar(p.key) && p.key.value === 'allow');
-  if (allowKey) {
-    allowKey.value = seq;
-    if (isScalar(allowKey.key)) allowKey.key.commentBefore = header;
-  } else {
-    const key = doc.createNode('allow');
-    key.commentBefore = header;
-    device.items.push(doc.createPair(key, seq));
+  return doc.createPair(key, seq);
+}
+
+/** The pair as text at the top level, indented by two spaces per level. */
+function blockOf(pair: Pair): string {
+  const doc = new Document(new YAMLMap());
+  (doc.contents as YAMLMap).items.push(pair);
+  return doc.toString({ lineWidth: 0, flowCollectionPadding: false }).replace(/\n+$/, '');
+}
+
+/**
+ * Where a value's text ends: before the line break that closes a block collection, or at the
+ * end of the line of a flow collection or scalar when only a comment follows it there (that
+ * comment described the old value).
+ */
+function valueEnd(text: string, node: { range?: Range | null } | null | undefined): number | undefined {
+  const end = node?.range?.[1];
+  if (end === undefined) return undefined;
+  if (end > 0 && text[end - 1] === '\n') return end - 1;
+  const eol = text.indexOf('\n', end);
+  const stop = eol === -1 ? text.length : eol;
+  return /^[ \t]*(#.*)?$/.test(text.slice(end, stop)) ? stop : end;
+}
+
+/**
+ * The device file's text with only the device's allow list replaced (or added after its last
+ * field): every other byte stays as the person wrote it, so a review diff shows the proposal
+ * and nothing else. Undefined for a layout it does not handle (a device written as a flow
+ * mapping, an `allow` key on the line of the item's dash).
+ */
+function splice(text: string, device: YAMLMap, block: string): string | undefined {
+  if (device.flow) return undefined;
+  const lineStart = (pos: number) => text.lastIndexOf('\n', pos - 1) + 1;
+  const indented = (col: number) =>
+    block
+      .split('\n')
+      .map((l) => (l === '' ? l : `${' '.repeat(col)}${l}`))
+      .join('\n');
+  const pair = device.items.find((p) => isScalar(p.key) && p.key.value === 'allow');
+  if (pair) {
+    const keyStart = isScalar(pair.key) ? pair.key.range?.[0] : undefined;
+    if (keyStart === undefined) return undefined;
+    const end = isNode(pair.value) ? valueEnd(text, pair.value) : (pair.key as Scalar).range?.[1];
+    const start = lineStart(keyStart);
+    if (end === undefined || text.slice(start, keyStart).trim() !== '') return undefined;
+    return text.slice(0, start) + indented(keyStart - start) + text.slice(end);
   }
-  return { path: at.policy.path, text: doc.toString() };
+  const firstKey = device.items[0]?.key;
+  const lastPair = device.items[device.items.length - 1];
+  const firstStart = isNode(firstKey) ? firstKey.range?.[0] : undefined;
+  if (firstStart === undefined || !lastPair) return undefined;
+  const end = isNode(lastPair.value) ? valueEnd(text, lastPair.value) : isNode(lastPair.key) ? valueEnd(text, lastPair.key) : undefined;
+  if (end === undefined) return undefined;
+  return `${text.slice(0, end)}\n${indented(firstStart - lineStart(firstStart))}${text.slice(end)}`;
+}
+
+/**
+ * The device's policy file with the device's allow list replaced by the proposal: comments,
+ * groups and any other device in that file are kept, so the result goes in place of the file.
+ */
+export function renderProposal(loaded: LoadedConfig, proposal: Proposal, meta: RenderMeta): { path: string; text: string } {
+  const at = fileOf(loaded, proposal.device);
+  if (!at) throw new LearnError(`device "${proposal.device}" is in no policy file`);
+  const text = meta.text ?? readFileSync(at.policy.path, 'utf8');
+  const doc = parseDocument(text, { uniqueKeys: true });
+  // The file is read again for its text: it must still say what was loaded.
+  if (doc.errors.length > 0 || JSON.stringify(doc.toJS()) !== JSON.stringify(at.policy.source.doc.toJS())) {
+    throw new LearnError(`${at.policy.source.file} changed while learning; run learn again`);
+  }
+  const device = doc.getIn(['devices', at.index], true);
+  if (!isMap(device)) throw new LearnError(`${at.policy.source.file}: devices[${at.index}] is not a mapping`);
+  const pair = allowPair(proposal, meta, at.policy.policy.devices[at.index]?.allow ?? []);
+  const spliced = splice(text, device, blockOf(pair));
+  if (spliced !== undefined) return { path: at.policy.path, text: spliced };
+  // A layout splice() does not handle: the whole file through the YAML library (the same
+  // content, in its formatting).
+  const i = device.items.findIndex((p) => isScalar(p.key) && p.key.value === 'allow');
+  if (i === -1) device.items.push(pair);
+  else device.items[i] = pair;
+  return { path: at.policy.path, text: doc.toString({ lineWidth: 0 }) };
 }
 
 function leftSummary(p: Proposal): string {

@@ -331,14 +331,100 @@ devices:
     const { loaded } = siteConfig({ 'ward.yaml': file });
     const p = propose({ id: 'pump-01' }, observed([{ peer: '10.10.7.9', port: 443 }]), groupsOf(loaded));
     const { path, text } = renderProposal(loaded, p, { generatedAt: new Date(T0), from: 'the flow log' });
-    expect(text.startsWith('# yaml-language-server: $schema=./schema/policy.schema.json\n# Both devices of the ward, and its own group.\n')).toBe(true);
-    expect(text).toContain('      - { peer: ward-pcs, direction: inbound, proto: tcp, ports: [ 104 ] } # viewers\n');
+    // pump-01 had no allow list: it is added after its last field, and every byte of the file stays.
+    expect(text.startsWith(file.slice(0, -1))).toBe(true);
+    expect(text.slice(file.length - 1)).toBe(`
+    # Proposed by wardgate policy learn at ${iso(0)} from 1 flow
+    # in the flow log, seen ${iso(0)} to ${iso(1000)}.
+    # Review every entry before setting mode: enforce.
+    allow:
+      # 1 flow (monitored 1), first seen ${iso(0)}, last seen ${iso(1000)}
+      - peer: ward-pcs
+        direction: inbound
+        proto: tcp
+        ports: [443]
+`);
     const model = applyProposal(loaded, text, path);
     expect(model.devices.map((d) => [d.id, d.mode, d.entries.map((e) => `${e.peer} ${e.proto} ${e.ports.join()}`)])).toEqual([
       ['ct-01', 'enforce', ['ward-pcs tcp 104,104']],
       ['pump-01', 'monitor', ['ward-pcs tcp 443,443']],
     ]);
     expect(model.devices[1]!.probes).toEqual([expect.objectContaining({ type: 'tcp', port: 443 })]);
+  });
+});
+
+describe('the rendered file changes only the allow list', () => {
+  const DEVICE = (allow: string) => `apiVersion: wardgate/v1
+kind: Policy
+devices:
+  - id: pump-01
+    class: infusion-pump-server   # the server, not the pumps
+    criticality: medium
+    ipv4: 10.20.0.21
+${allow}    probes:
+      - { type: tcp, port: 443 }
+`;
+  const render = (file: string) => {
+    const { loaded } = siteConfig({ '00-groups.yaml': GROUPS, 'pump.yaml': file });
+    const p = propose({ id: 'pump-01' }, observed([{ peer: '10.10.1.10', port: 443 }, { peer: '10.10.9.66', port: 8080 }]), groupsOf(loaded));
+    const r = renderProposal(loaded, p, { generatedAt: new Date(T0), from: 'x' });
+    const model = applyProposal(loaded, r.text, r.path);
+    expect(model.devices[0]!.entries.map((e) => `${e.peer} ${e.ports.join()}`)).toEqual(['pacs 443,443', '10.10.9.66 8080,8080']);
+    return r.text;
+  };
+  const BLOCK = `    # Proposed by wardgate policy learn at ${iso(0)} from 2 flows
+    # in x, seen ${iso(0)} to ${iso(1000)}.
+    # Review every entry before setting mode: enforce.
+    allow:
+      # 1 flow (monitored 1), first seen ${iso(0)}, last seen ${iso(1000)}
+      - peer: pacs
+        direction: inbound
+        proto: tcp
+        ports: [443]
+      # 1 flow (monitored 1), first seen ${iso(0)}, last seen ${iso(1000)}
+      - peer: 10.10.9.66
+        direction: inbound
+        proto: tcp
+        ports: [8080]
+`;
+
+  it('a block list in the middle of the device, with a comment after its last entry; an entry keeps the comment field of its peer and protocol', () => {
+    const file = DEVICE(`    allow:
+      - peer: pacs
+        direction: inbound
+        proto: tcp
+        ports: [22, 443]
+        comment: drug library
+      - { peer: pacs, direction: inbound, proto: udp, ports: [443], comment: not this one }
+      # - { peer: biomed, direction: inbound, proto: icmp }
+`);
+    const kept = BLOCK.replace('        ports: [443]\n', '        ports: [443]\n        comment: drug library\n');
+    expect(kept).not.toBe(BLOCK);
+    expect(render(file)).toBe(DEVICE(`${kept}      # - { peer: biomed, direction: inbound, proto: icmp }
+`));
+  });
+
+  it('a flow list, and the comment on its line', () => {
+    expect(render(DEVICE('    allow: [] # nothing yet\n'))).toBe(DEVICE(BLOCK));
+    expect(render(DEVICE('    allow: []\n'))).toBe(DEVICE(BLOCK));
+  });
+
+  it('a device written as a flow mapping goes through the YAML library whole', () => {
+    const file = `apiVersion: wardgate/v1
+kind: Policy
+devices:
+  - { id: pump-01, class: infusion-pump-server, criticality: medium, ipv4: 10.20.0.21, allow: [] }
+`;
+    const text = render(file);
+    expect(text).toContain('ports: [ 443 ]');
+  });
+
+  it('refuses a file that changed since it was loaded', () => {
+    const { loaded } = siteConfig();
+    const p = propose({ id: 'pump-01' }, observed([{ port: 443 }]), groupsOf(loaded));
+    expect(() => renderProposal(loaded, p, { generatedAt: new Date(T0), from: 'x', text: PUMP.replace('10.20.0.21', '10.20.0.22') })).toThrow(
+      'rules/pump.yaml changed while learning; run learn again',
+    );
   });
 });
 
