@@ -8,7 +8,7 @@
 // One site serves every run: each run puts the monitor-mode policy back, takes its window from
 // `--since`, and ends every connection (conntrack -D) so that no record spills into the next.
 //
-// Reproduce a failure with the seed fast-check prints: FC_SEED=<seed>.
+// Reproduce a failure with the seed fast-check prints: FC_SEED=<seed>; more runs: FC_LEARN_RUNS=<n>.
 import { spawnSync } from 'node:child_process';
 import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -59,7 +59,7 @@ const UNIVERSE: Conn[] = (['inbound', 'outbound'] as const).flatMap((direction) 
 
 const connArb: fc.Arbitrary<Conn> = fc.constantFrom(...UNIVERSE);
 
-const RUNS = Number(process.env.FC_RUNS ?? 4);
+const RUNS = Number(process.env.FC_LEARN_RUNS ?? 4);
 
 describe.skipIf(conntrackSkip !== undefined)('learning from monitored traffic, then enforcing it', () => {
   const labs: Lab[] = [];
