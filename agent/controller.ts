@@ -8,6 +8,7 @@ import { dirname, join, resolve } from 'node:path';
 import type { Logger } from 'pino';
 import { resolveBoard } from '../hardware/boards/index.js';
 import { openAuditLog, type AuditLog } from './audit/log.js';
+import { createSyslogSink, type SyslogSink } from './export/syslog.js';
 import { chooseBackend, gatewayOnly, loadAndCompile, manager, type GlobalOptions } from './cli/context.js';
 import type { Io } from './cli/io.js';
 import { loadConfig } from './config/load.js';
@@ -49,6 +50,7 @@ export class Controller {
   private resolved: ResolvedDevice[] = [];
   private board: ReturnType<typeof resolveBoard> | undefined;
   private audit: AuditLog | undefined;
+  private siem: SyslogSink | undefined;
 
   constructor(
     private readonly opts: GlobalOptions,
@@ -85,6 +87,8 @@ export class Controller {
     };
     // The payload id is logged so that a delivery can be traced from the gateway's log to a console.
     this.log.info({ event: kind, severity, device: extra.device, id: payload.id }, message);
+    // To the SIEM as well, with or without MQTT (it never blocks; a full queue drops info first).
+    this.siem?.send(payload);
     if (this.link) this.publish(this.link.topics.events(), payload, { priority: PRIORITY[severity] });
   }
 
@@ -194,6 +198,19 @@ export class Controller {
       },
       stop: () => this.audit?.close(),
     });
+    // The SIEM export comes right after the audit log, so that events raised at start reach it.
+    const syslog = g.config.siem?.syslog;
+    if (syslog) {
+      const sink = createSyslogSink(syslog, this.log, { baseDir: dirname(g.path), version: VERSION });
+      await this.startModule({
+        name: 'siem',
+        start: () => {
+          sink.start();
+          this.siem = sink;
+        },
+        stop: () => sink.close(),
+      });
+    }
     // Without the audit log the policy still works (a rollback must never wait on it).
     this.policy = manager(backend, this.stateDir, this.audit ?? { append: () => {} }, 'agent');
     this.keeper = new PolicyKeeper(this.policy, this.log, (e) => this.onKeeperEvent(e));

@@ -18,11 +18,15 @@ usage: wardgate <command> [options]
   policy check      validate the gateway and policy files, and check the ruleset with nft -c
   policy print      print the compiled ruleset (--failsafe: the fail-safe variant)
   policy diff       show what would change against the committed ruleset
+                    (--observed [--device ID] [--since T] [--json]: observed traffic the policy
+                    would deny, and allow entries no observed flow used)
   policy apply      load the ruleset; it is rolled back unless confirmed in time (--timeout S)
   policy confirm    make the applied ruleset the committed one
   policy rollback   put back what was in force before the pending change
   policy status     what the kernel runs, what is committed, what is pending (--json)
   policy restore    load the committed ruleset (boot time); the fail-safe one if it cannot
+  policy learn      propose a device's allow-list from its observed flows (--device ID
+                    [--since T] [--out FILE]): its policy file with the allow list replaced
   policy schema     print the JSON Schema of policy files (--out-dir D: write both schemas)
   flows map         the data-flow map per device: allowed vs observed flows, PHI marked, as DOT
                     or SVG (--device ID, --since 24h|TIME, --format dot|svg, --out FILE)
@@ -43,6 +47,7 @@ options:
   --state-dir DIR   override the gateway file's stateDir
   --backend B       auto (default), nft, or dry-run (writes the ruleset to a file, enforces nothing)
   --netns NAME      drive nftables inside network namespace NAME
+  --since T         learn, diff --observed: flows since an ISO 8601 time or for the last 90m, 24h, 7d, 2w
   --file PATH       audit: a log file anywhere instead of <stateDir>/audit/audit.ndjson
   --config PATH     broker: its broker.yaml (listen, tls, usersFile, allowAnonymous, site, consoles)
 `;
@@ -81,6 +86,7 @@ export async function main(argv: string[], io: Io = processIo): Promise<number> 
         device: { type: 'string' },
         since: { type: 'string' },
         format: { type: 'string' },
+        observed: { type: 'boolean' },
         help: { type: 'boolean', short: 'h' },
       },
     });
@@ -112,6 +118,10 @@ export async function main(argv: string[], io: Io = processIo): Promise<number> 
           ...(v.failsafe !== undefined ? { failsafe: v.failsafe } : {}),
           ...(v.timeout !== undefined ? { timeout: v.timeout } : {}),
           ...(v['out-dir'] !== undefined ? { outDir: v['out-dir'] } : {}),
+          ...(v.device !== undefined ? { device: v.device } : {}),
+          ...(v.since !== undefined ? { since: v.since } : {}),
+          ...(v.observed !== undefined ? { observed: v.observed } : {}),
+          ...(v.out !== undefined ? { out: v.out } : {}),
         }, io);
       case 'audit': {
         const { auditCommand } = await import('./audit.js');

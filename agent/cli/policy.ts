@@ -18,6 +18,10 @@ export interface PolicyOptions extends GlobalOptions {
   timeout?: string;
   id?: string;
   outDir?: string;
+  device?: string;
+  since?: string;
+  observed?: boolean;
+  out?: string;
 }
 
 function printWarnings(l: Loaded, io: Io): void {
@@ -75,8 +79,12 @@ export async function policyCommand(sub: string | undefined, opts: PolicyOptions
     return 0;
   }
 
+  if (sub === 'learn' || (sub === 'diff' && opts.observed)) {
+    const { learnCommand, observedDiffCommand } = await import('./learn.js');
+    return sub === 'learn' ? learnCommand(opts, io) : observedDiffCommand(opts, io);
+  }
   if (sub === undefined || !COMMANDS.has(sub)) {
-    throw new UsageError(`unknown policy command "${sub ?? ''}": use check, print, diff, apply, confirm, rollback, status, restore or schema`);
+    throw new UsageError(`unknown policy command "${sub ?? ''}": use check, print, diff, apply, confirm, rollback, status, restore, learn or schema`);
   }
   if (STATE_ONLY.has(sub)) return stateCommand(sub, opts, io);
   const l = loadAndCompile(opts);

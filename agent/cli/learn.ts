@@ -1,0 +1,170 @@
+// `wardgate policy learn --device ID [--since T] [--out FILE]` and
+// `wardgate policy diff --observed [--device ID] [--since T] [--json]`: the flow log read back
+// against the policy files. Neither needs nft or the kernel; both read only.
+import { join, resolve } from 'node:path';
+import { ConfigError, formatDiagnostic } from '../config/diagnostics.js';
+import { loadConfig, loadPolicyText, type LoadedConfig } from '../config/load.js';
+import { buildModel, type Model, type ResolvedDevice, type ResolvedEntry } from '../policy/model.js';
+import { coverage, type DeviceCoverage } from '../traffic/coverage.js';
+import { fileOf, groupsOf, propose, renderProposal } from '../traffic/learn.js';
+import { readObserved, parseSince, type ObservedFlow } from '../traffic/observed.js';
+import { writeFileAtomic } from '../util/fsx.js';
+import { gatewayPath, stateDirOf, UsageError, type GlobalOptions } from './context.js';
+import type { Io } from './io.js';
+
+export interface ObservedOptions extends GlobalOptions {
+  device?: string;
+  since?: string;
+  out?: string;
+  json?: boolean;
+}
+
+function load(opts: GlobalOptions): { loaded: LoadedConfig; model: Model; flowDir: string } {
+  const loaded = loadConfig(gatewayPath(opts));
+  const model = buildModel(loaded);
+  const stateDir = stateDirOf(opts, model.gateway.stateDir, loaded.gateway.root);
+  return { loaded, model, flowDir: join(stateDir, 'flows') };
+}
+
+function sinceOf(opts: ObservedOptions): Date | undefined {
+  if (opts.since === undefined) return undefined;
+  const since = parseSince(opts.since);
+  if (!since) throw new UsageError(`--since takes an ISO 8601 time (2025-03-01T08:00:00Z) or a duration back from now (90m, 24h, 7d, 2w), not "${opts.since}"`);
+  return since;
+}
+
+function deviceOf(model: Model, id: string): ResolvedDevice {
+  const d = model.devices.find((x) => x.id === id);
+  if (!d) throw new UsageError(`unknown device "${id}" (devices: ${model.devices.map((x) => x.id).join(', ') || 'none'})`);
+  return d;
+}
+
+const plural = (n: number, word: string) => `${n} ${word}${n === 1 ? '' : 's'}`;
+const skippedWarning = (n: number) =>
+  `warning: skipped ${n === 1 ? '1 line of the flow log that is not a flow record' : `${n} lines of the flow log that are not flow records`}`;
+
+function describeFlow(f: ObservedFlow): string {
+  const port = f.port !== null ? ` port ${f.port}` : '';
+  const verdicts = Object.entries(f.verdicts)
+    .map(([v, n]) => `${v} ${n}`)
+    .join(', ');
+  return `${f.direction} ${f.proto} ${f.peer}${port}: ${plural(f.flows, 'flow')} (${verdicts}), ${f.firstSeen} to ${f.lastSeen}`;
+}
+
+function describeEntry(e: ResolvedEntry): string {
+  const ports = e.ports.length > 0 ? ` ports ${e.ports.map(([lo, hi]) => (lo === hi ? `${lo}` : `${lo}-${hi}`)).join(', ')}` : '';
+  return `${e.id} ${e.src.file}:${e.src.line}:${e.src.col} ${e.direction} ${e.proto} ${e.peer}${ports}`;
+}
+
+export async function learnCommand(opts: ObservedOptions, io: Io): Promise<number> {
+  if (opts.device === undefined) throw new UsageError('policy learn needs --device ID');
+  const since = sinceOf(opts);
+  const { loaded, model, flowDir } = load(opts);
+  const device = deviceOf(model, opts.device);
+  const observed = await readObserved(flowDir, { device: device.id, ...(since ? { since } : {}) });
+  if (observed.skipped > 0) io.err(skippedWarning(observed.skipped));
+  const seen = observed.devices.get(device.id);
+  const window = since ? ` since ${since.toISOString()}` : '';
+  if (!seen) {
+    const where = observed.files.length === 0 ? `there is no flow log in ${flowDir}` : `${plural(observed.files.length, 'file')} in ${flowDir} hold none`;
+    io.err(`no observed flows for ${device.id}${window}: ${where}; nothing to propose (flows are recorded by "wardgate run", docs/traffic.md)`);
+    return 1;
+  }
+  const proposal = propose(device, seen, groupsOf(loaded));
+  for (const l of proposal.left) io.err(`not proposed (${l.why}): ${describeFlow(l.flow)}`);
+  if (proposal.entries.length === 0) {
+    io.err(`no proposal for ${device.id}: none of its ${plural(seen.flows, 'observed flow')}${window} can be allowed (above)`);
+    return 1;
+  }
+  const { path, text } = renderProposal(loaded, proposal, { generatedAt: new Date(), ...(since ? { since } : {}), from: flowDir });
+  // The proposal must pass the same checks as any policy, in place of the device's file.
+  const shown = fileOf(loaded, device.id)?.policy.source.file ?? path;
+  const reparsed = loadPolicyText(shown, path, text);
+  try {
+    if (!reparsed.policy) throw new ConfigError(reparsed.diagnostics);
+    const policy = reparsed.policy;
+    buildModel({ ...loaded, policies: loaded.policies.map((p) => (p.path === path ? policy : p)) });
+  } catch (err) {
+    if (!(err instanceof ConfigError)) throw err;
+    for (const d of err.diagnostics) io.err(formatDiagnostic(d));
+    io.err('wardgate: the proposal does not pass the policy checks (a bug in learning); nothing was written');
+    return 1;
+  }
+  const n = proposal.entries.length;
+  const summary = `${n} allow entr${n === 1 ? 'y' : 'ies'}`;
+  if (opts.out !== undefined) {
+    const out = resolve(opts.out);
+    writeFileAtomic(out, text);
+    const place = out === path ? `in place of ${shown}` : `(it goes in place of ${shown})`;
+    io.out(`wrote a proposed allow-list for ${device.id}: ${summary} from ${plural(proposal.flows, 'flow')}, to ${out} ${place}`);
+  } else {
+    io.out(text.trimEnd());
+  }
+  return 0;
+}
+
+interface DiffReport {
+  since: string | null;
+  files: string[];
+  records: number;
+  skippedLines: number;
+  devices: (Omit<DeviceCoverage, 'unused'> & { unused: { id: string; file: string; line: number; direction: string; proto: string; peer: string; ports: string[] }[] })[];
+  /** Devices in the flow log that no policy file lists. */
+  unlisted: string[];
+}
+
+export async function observedDiffCommand(opts: ObservedOptions, io: Io): Promise<number> {
+  const since = sinceOf(opts);
+  const { model, flowDir } = load(opts);
+  const devices = opts.device !== undefined ? [deviceOf(model, opts.device)] : model.devices;
+  const observed = await readObserved(flowDir, { ...(opts.device !== undefined ? { device: opts.device } : {}), ...(since ? { since } : {}) });
+  const results = devices.map((d) => coverage(d, observed.devices.get(d.id)));
+  const listed = new Set(model.devices.map((d) => d.id));
+  const unlisted = [...observed.devices.keys()].filter((id) => !listed.has(id));
+  const differ = results.some((r) => r.uncovered.length > 0 || r.unused.length > 0);
+
+  if (opts.json) {
+    const report: DiffReport = {
+      since: since?.toISOString() ?? null,
+      files: observed.files,
+      records: observed.records,
+      skippedLines: observed.skipped,
+      devices: results.map((r) => ({
+        ...r,
+        unused: r.unused.map((e) => ({
+          id: e.id,
+          file: e.src.file,
+          line: e.src.line,
+          direction: e.direction,
+          proto: e.proto,
+          peer: e.peer,
+          ports: e.ports.map(([lo, hi]) => (lo === hi ? `${lo}` : `${lo}-${hi}`)),
+        })),
+      })),
+      unlisted,
+    };
+    io.out(JSON.stringify(report, null, 2));
+    return differ ? 1 : 0;
+  }
+
+  if (observed.skipped > 0) io.err(skippedWarning(observed.skipped));
+  const window = since ? ` since ${since.toISOString()}` : '';
+  io.out(`observed: ${plural(observed.records, 'flow')}${window} in ${flowDir} (${plural(observed.files.length, 'file')})`);
+  for (const r of results) {
+    if (r.uncovered.length === 0 && r.unused.length === 0) {
+      io.out(`${r.device} (${r.mode}): no difference (${plural(r.flows, 'flow')})`);
+      continue;
+    }
+    if (r.uncovered.length > 0) {
+      const fate = r.mode === 'enforce' ? 'so the policy denies it' : 'so enforce mode would deny it';
+      io.out(`${r.device} (${r.mode}): observed traffic no allow entry covers, ${fate}:`);
+      for (const f of r.uncovered) io.out(`+ ${describeFlow(f)}`);
+    }
+    if (r.unused.length > 0) {
+      io.out(`${r.device} (${r.mode}): allow entries no observed flow used:`);
+      for (const e of r.unused) io.out(`- ${describeEntry(e)}`);
+    }
+  }
+  if (unlisted.length > 0) io.out(`not in the policy files (not compared): ${unlisted.join(', ')}`);
+  return differ ? 1 : 0;
+}
