@@ -138,11 +138,26 @@ export class FlowTracker {
     return this.starts.size;
   }
 
-  private lookup(address: string): (DeviceRef & { value: bigint }) | undefined {
+  /**
+   * Lookups by the address's text as conntrack prints it. Most connections involve a few
+   * addresses, and parsing them into numbers was half the tracker's time. Bounded: cleared when
+   * full (a scan from random addresses must not grow it).
+   */
+  private readonly lookups = new Map<string, { parsed: ReturnType<typeof parseAddress>; ref: (DeviceRef & { value: bigint }) | undefined }>();
+
+  private resolve(address: string): { parsed: ReturnType<typeof parseAddress>; ref: (DeviceRef & { value: bigint }) | undefined } {
+    const cached = this.lookups.get(address);
+    if (cached) return cached;
     const parsed = parseAddress(address);
-    if (!parsed) return undefined;
-    const ref = this.byAddress.get(`${parsed.family}:${parsed.value}`);
-    return ref ? { ...ref, value: parsed.value } : undefined;
+    const ref = parsed ? this.byAddress.get(`${parsed.family}:${parsed.value}`) : undefined;
+    const result = { parsed, ref: ref && parsed ? { ...ref, value: parsed.value } : undefined };
+    if (this.lookups.size >= 4096) this.lookups.clear();
+    this.lookups.set(address, result);
+    return result;
+  }
+
+  private lookup(address: string): (DeviceRef & { value: bigint }) | undefined {
+    return this.resolve(address).ref;
   }
 
   private groupOf(family: Family, value: bigint): string | undefined {
@@ -190,7 +205,7 @@ export class FlowTracker {
     for (const [direction, deviceAddr, peerAddr] of sides) {
       const ref = this.lookup(deviceAddr);
       if (!ref) continue;
-      const peer = parseAddress(peerAddr);
+      const peer = this.resolve(peerAddr).parsed;
       const peerValue = peer?.value ?? -1n;
       const entry = peer ? matchEntry(ref.device, direction, ref.family, peerValue, ev) : undefined;
       const o = { packets: ev.orig.packets ?? 0, bytes: ev.orig.bytes ?? 0 };
