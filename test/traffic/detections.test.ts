@@ -1,7 +1,8 @@
 // Denied records and detections in `wardgate run`, end to end: a router-mode namespace site
 // (pacs, stranger on the hospital side; ct-01 enforce, pump-01 monitor, and an unlisted host
-// "monitor" with a Cisco MAC on the device side), the agent with an embedded broker, real
-// traffic, the events over MQTT and the records in the flow log. Then a restart of the agent:
+// "monitor" with a Cisco MAC on the device side), the agent with an embedded broker and a SIEM
+// export to a real rsyslogd (CEF over TCP, on loopback), real traffic, the events over MQTT and
+// in rsyslog, and the records in the flow log. Then a restart of the agent:
 // every flow the kernel reported while an agent ran is in the log, once.
 import { spawnSync } from 'node:child_process';
 import { appendFileSync, existsSync, readdirSync, readFileSync } from 'node:fs';
@@ -14,12 +15,14 @@ import { sh } from '../../hardware/netns-site.js';
 import { freePort } from '../mqtt/brokers.js';
 import { canRoot, destroyAll, Lab, NETCHECK, removeStale, skipReason, sleep, until, v4, warnSkip } from '../integration/site.js';
 import { FLOW_POLICIES } from './model.js';
+import { killAll, rsyslogMissing, startRsyslog, type Rsyslog } from '../export/rsyslog.js';
 
 const tools = (() => {
   if (!canRoot) return skipReason;
   for (const tool of ['conntrack', 'tcpdump']) {
     if (spawnSync('sh', ['-c', `command -v ${tool}`]).status !== 0) return `${tool} is not installed`;
   }
+  if (rsyslogMissing !== undefined) return rsyslogMissing;
   return existsSync('/usr/share/ieee-data/oui.csv') ? undefined : 'ieee-data is not installed (the MAC vendor registry)';
 })();
 warnSkip('detections in wardgate run', tools);
@@ -32,6 +35,7 @@ describe.skipIf(tools !== undefined)('denied records and detections in wardgate 
   let lab: Lab;
   let agent: ReturnType<Lab['startAgent']> | undefined;
   let client: MqttClient | undefined;
+  let rsyslog: Rsyslog | undefined;
   const events: EventPayload[] = [];
   const file = () => join(lab.stateDir, 'flows', 'flows.ndjson');
   const records = (): Rec[] =>
@@ -80,9 +84,12 @@ describe.skipIf(tools !== undefined)('denied records and detections in wardgate 
     await sh('ip', ['-n', lab.site.gw, 'neigh', 'flush', 'dev', 'dev0']);
     await lab.settle();
     const port = await freePort();
+    rsyslog = await startRsyslog({ dir: lab.dir });
     appendFileSync(
       lab.gateway,
-      `mqtt:
+      `siem:
+  syslog: { host: 127.0.0.1, port: ${rsyslog.tcpPort}, transport: tcp, format: cef }
+mqtt:
   url: mqtt://127.0.0.1:${port}
   protocolVersion: 4
   embeddedBroker: { port: ${port}, allowAnonymous: true }
@@ -124,6 +131,7 @@ traffic:
         await Promise.race([agent.exited, sleep(5000)]);
       }
     } finally {
+      await killAll();
       await destroyAll(labs);
     }
   }, 30000);
@@ -156,6 +164,13 @@ traffic:
     expect(recs.refused).toMatchObject({ kind: 'flow', verdict: 'denied', entry: null, direction: 'inbound', proto: 'tcp', app: 'DICOM' });
     expect(recs.refused.packets).toBeGreaterThanOrEqual(1);
     expect(recs.refused.toDevice.packets).toBe(recs.refused.packets);
+
+    // The same event reached the SIEM, as CEF over TCP.
+    const cef = await until('flow.denied in rsyslog', () => rsyslog!.received().find((m) => m.msgid === 'flow.denied'), 10000);
+    expect(cef.app).toBe('wardgate');
+    expect(cef.msg).toMatch(/^CEF:0\|wardgate\|wardgate\|[^|]+\|flow\.denied\|denied tcp\/104 from 10\.10\.9\.66 to device ct-01\|6\|/);
+    expect(cef.msg).toContain(`src=${v4('stranger')}`);
+    expect(cef.msg).toContain('dpt=104');
   }, 60000);
 
   it('a port scan from the hospital side yields a bounded number of events', async () => {
