@@ -3,10 +3,14 @@
 // analyzer), the example policies applied to its gateway with commit-confirm, and real
 // connections that show what passes and what is dropped. Without root: a dry run into a
 // temporary state directory. Then health over MQTT (demo-mqtt.ts). It says what it did.
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { Writable } from 'node:stream';
+import { pino } from 'pino';
 import { NetnsSite } from '../hardware/netns-site.js';
+import { Controller } from './controller.js';
+import { flowsCommand } from './cli/flows.js';
 import { nftAvailable } from './policy/backend.js';
 import { policyCommand } from './cli/policy.js';
 import { runMqttDemo } from './demo-mqtt.js';
@@ -74,8 +78,27 @@ export async function runDemo(opts: { keep: boolean }, io: Io): Promise<number> 
     const g = { gateway, netns: site.gw };
     await policyCommand('check', g, io);
     await policyCommand('apply', g, io);
+    await policyCommand('confirm', g, io);
+
+    // The agent, for its flow log and detections: its events are printed as they come.
+    const events: string[] = [];
+    const logLines = new Writable({
+      write(chunk: Buffer, _enc, done) {
+        for (const line of chunk.toString().split('\n').filter(Boolean)) {
+          const rec = JSON.parse(line) as { event?: string; severity?: string; msg?: string };
+          if (rec.event !== undefined) {
+            events.push(rec.event);
+            io.out(`  event [${rec.severity ?? ''}] ${rec.event}: ${rec.msg ?? ''}`);
+          }
+        }
+        done();
+      },
+    });
+    const agent = new Controller(g, io, pino({ name: 'wardgate' }, logLines));
+    await agent.start();
+    await new Promise((r) => setTimeout(r, 1500)); // conntrack and tcpdump subscribe
     io.out('');
-    io.out('trying connections across the gateway:');
+    io.out('trying connections across the gateway (the agent records them):');
     let surprises = 0;
     for (const t of TRIES) {
       const target = HOSTS.find((h) => h.name === t.to);
@@ -84,8 +107,26 @@ export async function runDemo(opts: { keep: boolean }, io: Io): Promise<number> 
       if (passed !== t.expect) surprises++;
       io.out(`  ${passed ? 'PASSED ' : 'DROPPED'} ${t.from} -> ${target?.label ?? t.to}:${t.port}  ${t.why}${passed === t.expect ? '' : '  <-- unexpected'}`);
     }
+    // Connections end (conntrack -D), and the agent stops: the flows and the denied attempts are
+    // in its flow log.
+    await site.exec('gw', ['conntrack', '-D']);
+    await new Promise((r) => setTimeout(r, 500));
+    await agent.stop();
+    const flowFile = join(work, 'state', 'flows', 'flows.ndjson');
+    const records = readFileSync(flowFile, 'utf8').split('\n').filter(Boolean).map((l) => JSON.parse(l) as { device: string; peer: string; dport: number | null; verdict: string; entry: string | null; app: string | null });
+    io.out(`\nthe flow log (${flowFile}):`);
+    for (const r of records.filter((x) => x.device !== 'gateway')) {
+      io.out(`  ${r.verdict.padEnd(9)} ${r.peer} -> ${r.device}:${r.dport ?? ''} ${r.app ?? ''}${r.entry ? ` (${r.entry})` : ''}`);
+    }
+    if (!events.includes('flow.denied')) {
+      surprises++;
+      io.out('  <-- expected a flow.denied event');
+    }
+    const mapFile = join(work, 'flows-map.svg');
+    io.out('\nthe data-flow map (wardgate flows map --format svg), allowed against observed:');
+    await flowsCommand('map', { gateway, format: 'svg', out: mapFile }, io);
+    io.out(`  ${mapFile}${opts.keep ? '' : ' (removed with the site; --keep keeps it)'}`);
     io.out('');
-    await policyCommand('confirm', g, io);
     await policyCommand('status', g, io);
     const counters = await site.exec('gw', ['nft', 'list', 'chain', 'inet', 'wardgate', 'dev_ct_01_in']);
     io.out('\nct-01 inbound chain, with its counters:');
