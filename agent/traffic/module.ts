@@ -120,7 +120,7 @@ export function trafficModule(deps: TrafficDeps): Module {
       const oui = new OuiRegistry(t.detections.ouiDir);
       const det = new Detector({ config: t.detections, model, emit: deps.detection, vendors: (macs) => oui.lookup(macs) });
       detector = det;
-      flowLog = openFlowLog({ path: join(deps.stateDir, 'flows', 'flows.ndjson'), maxBytes: Math.floor(t.diskBudgetBytes / t.files), files: t.files });
+      flowLog = openFlowLog({ path: join(deps.stateDir, 'flows', 'flows.ndjson'), maxBytes: Math.floor(t.diskBudgetBytes / t.files), files: t.files, batch: true });
 
       const conntrack = new Supervised('conntrack', deps, async (onExit) => {
         const r = await ConntrackReader.start({

@@ -93,6 +93,25 @@ describe('flow log', () => {
     expect(readFileSync(join(dir, 'f'), 'utf8')).toBe('12345678\n');
   });
 
+  it('batch: the lines of one turn go out in one write before the next turn, rotation as exact, close flushes', async () => {
+    const dir = tmp();
+    const path = join(dir, 'f');
+    const f = new RotatingFile({ path, maxBytes: 30, files: 3, batch: true });
+    f.write('a'.repeat(9) + '\n');
+    f.write('b'.repeat(9) + '\n');
+    expect(readFileSync(path, 'utf8')).toBe('');
+    await new Promise((r) => setImmediate(r));
+    expect(readFileSync(path, 'utf8')).toBe(`${'a'.repeat(9)}\n${'b'.repeat(9)}\n`);
+    // 20 + 10 fits, the next 10 does not: what was gathered is written, then the file rotates.
+    f.write('c'.repeat(9) + '\n');
+    f.write('d'.repeat(9) + '\n');
+    expect(readFileSync(`${path}.1`, 'utf8')).toBe(`${'a'.repeat(9)}\n${'b'.repeat(9)}\n${'c'.repeat(9)}\n`);
+    f.write('e'.repeat(9) + '\n');
+    f.close();
+    expect(readFileSync(path, 'utf8')).toBe(`${'d'.repeat(9)}\n${'e'.repeat(9)}\n`);
+    for (const name of readdirSync(dir)) expect(statSync(join(dir, name)).size).toBeLessThanOrEqual(30);
+  });
+
   it('rejects a budget it cannot keep', () => {
     const dir = tmp();
     expect(() => new RotatingFile({ path: join(dir, 'f'), maxBytes: 0, files: 2 })).toThrow(/maxBytes/);
