@@ -6,14 +6,16 @@
 //
 // Denied connections are not here: in enforce mode their first packet is dropped in the forward
 // chain before conntrack confirms the entry, so the kernel reports no NEW and no DESTROY for it.
-// They reach the agent through the NFLOG group of the ruleset (issue 4, to come).
+// They reach the agent through the NFLOG group of the ruleset (denied.ts).
+import type { APPS } from '../config/schema.js';
 import type { ConntrackEvent } from './conntrack.js';
 import type { Direction, Model, ResolvedDevice, ResolvedEntry } from '../policy/model.js';
 import { familyOf, inRange, parseAddress, type Family } from '../policy/net.js';
 
-export type App = 'DICOM' | 'HL7' | 'Modbus' | 'HTTPS' | 'DNS' | 'NTP' | 'SSH';
+/** The application protocols a record can name (the same list allow entries' `app` takes). */
+export type App = (typeof APPS)[number];
 
-/** The application protocol, by the responder's port for now. */
+/** The application protocol by the responder's port, when the allow entry names none. */
 export const APP_PORTS: ReadonlyMap<number, App> = new Map([
   [104, 'DICOM'],
   [11112, 'DICOM'],
@@ -229,7 +231,8 @@ export class FlowTracker {
         fromDevice: direction === 'inbound' ? r : o,
         accounted: ev.orig.bytes !== undefined,
         durationMs: startMs !== undefined ? Math.max(0, Math.round(ev.timestampMs - startMs)) : null,
-        app: hasPorts ? appOf(ev.orig.dport) : null,
+        // The entry's own `app` (HL7 on 2576) before the port's well-known protocol.
+        app: entry?.app ?? (hasPorts ? appOf(ev.orig.dport) : null),
         verdict: entry ? 'allowed' : ref.device.mode === 'monitor' ? 'monitored' : 'unmatched',
         entry: entry?.id ?? null,
         ...(ev.id !== undefined ? { conntrackId: ev.id } : {}),

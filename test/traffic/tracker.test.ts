@@ -30,6 +30,16 @@ function records(c: ReturnType<typeof conn>) {
 }
 
 describe('FlowTracker', () => {
+  it('names the application by the entry\'s app before the port: HL7 on 2576', () => {
+    const ct = model.devices.find((d) => d.id === 'ct-01')!;
+    const withApp = { devices: model.devices.map((d) => (d === ct ? { ...ct, entries: ct.entries.map((e, i) => (i === 0 ? { ...e, ports: [[2576, 2576] as const], app: 'HL7' as const } : e)) } : d)) };
+    const t = new FlowTracker(withApp);
+    const c = conn('tcp', '10.10.1.10', '10.20.0.11', 40001, 2576);
+    t.handle(c.start);
+    expect(t.handle(c.end)).toMatchObject([{ entry: 'ct-01/allow[0]', dport: 2576, app: 'HL7' }]);
+    expect(appOf(2576)).toBeNull();
+  });
+
   it('inbound to an enforce device, allowed by its entry', () => {
     expect(records(conn('tcp', '10.10.1.10', '10.20.0.11', 40000, 104))).toEqual([
       {
