@@ -7,10 +7,11 @@
 // leaves behind, the peers inside the namespaces) is killed by Lab.destroy(), and every namespace
 // is removed. Nothing outside the namespaces is addressed or changed.
 import { execFile, spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { NetnsSite, removeStaleSites, ROUTER, sh, type SiteHost } from '../../hardware/netns-site.js';
+import type { MqttClient } from 'mqtt';
 import type { PendingInfo } from '../../agent/policy/apply.js';
 import { nftAvailable } from '../../agent/policy/backend.js';
 
@@ -484,6 +485,51 @@ export class Lab {
 }
 
 /** For afterEach/afterAll: destroys every lab in the list, even when one of them fails to. */
+export type Agent = ReturnType<Lab['startAgent']>;
+
+/**
+ * An MQTT client of the agent's embedded broker on `port`, once it listens. Fails with the
+ * agent's output if the agent exits first.
+ */
+export async function connectToAgent(agent: Agent, port: number, opts: { reconnectPeriod?: number } = {}): Promise<MqttClient> {
+  const { default: mqtt } = await import('mqtt');
+  return until(
+    'the embedded broker',
+    async () => {
+      if (agent.child.exitCode !== null) throw new Error(`the agent exited: ${agent.output()}`);
+      try {
+        return await mqtt.connectAsync(`mqtt://127.0.0.1:${port}`, { protocolVersion: 4, reconnectPeriod: opts.reconnectPeriod ?? 0, connectTimeout: 2000 });
+      } catch {
+        return undefined;
+      }
+    },
+    15000,
+    250,
+  );
+}
+
+/** SIGTERM to a running agent, and at most 5 s for it to exit (destroy() kills what is left). */
+export async function stopAgent(agent: Agent | undefined): Promise<void> {
+  if (!agent || agent.child.exitCode !== null) return;
+  agent.child.kill('SIGTERM');
+  await Promise.race([agent.exited, sleep(5000)]);
+}
+
+/** The command lines of a process's children (the agent's conntrack, tcpdump, ...). */
+export function childCommands(pid: number): string[] {
+  return readdirSync('/proc')
+    .filter((d) => /^\d+$/.test(d))
+    .flatMap((d) => {
+      try {
+        const stat = readFileSync(`/proc/${d}/stat`, 'utf8');
+        const ppid = Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1]);
+        return ppid === pid ? [`${d} ${readFileSync(`/proc/${d}/cmdline`, 'utf8').split('\0').join(' ')}`] : [];
+      } catch {
+        return [];
+      }
+    });
+}
+
 export async function destroyAll(labs: Lab[]): Promise<void> {
   const errors: unknown[] = [];
   for (const lab of labs.splice(0)) {

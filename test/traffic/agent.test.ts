@@ -3,14 +3,14 @@
 // a committed policy, real allowed connections, `conntrack -D` in the gateway namespace to end
 // them, and then the NDJSON flow file in <stateDir>/flows/ and a `flows` summary over MQTT.
 import { spawnSync } from 'node:child_process';
-import { appendFileSync, existsSync, readdirSync, readFileSync } from 'node:fs';
+import { appendFileSync, existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import type { MqttClient } from 'mqtt';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { FlowsSummaryPayload } from '../../agent/mqtt/topics.js';
 import type { FlowRecord } from '../../agent/traffic/flows.js';
 import { freePort } from '../mqtt/brokers.js';
-import { canRoot, destroyAll, Lab, removeStale, skipReason, sleep, until, v4, warnSkip } from '../integration/site.js';
+import { canRoot, childCommands, connectToAgent, destroyAll, Lab, removeStale, skipReason, sleep, stopAgent, until, v4, warnSkip } from '../integration/site.js';
 import { FLOW_POLICIES } from './model.js';
 
 const conntrackSkip: string | undefined = (() => {
@@ -46,20 +46,7 @@ traffic: { summaryIntervalSeconds: 2 }
     await lab.listen('ct', 'tcp', [104]);
     await lab.listen('pump', 'tcp', [443]);
     agent = lab.startAgent();
-    const { default: mqtt } = await import('mqtt');
-    client = await until(
-      'the embedded broker',
-      async () => {
-        if (agent?.child.exitCode !== null) throw new Error(`the agent exited: ${agent?.output() ?? ''}`);
-        try {
-          return await mqtt.connectAsync(`mqtt://127.0.0.1:${port}`, { protocolVersion: 4, reconnectPeriod: 0, connectTimeout: 2000 });
-        } catch {
-          return undefined;
-        }
-      },
-      15000,
-      250,
-    );
+    client = await connectToAgent(agent, port);
     client.on('message', (topic, payload) => {
       if (topic === 'wardgate/v1/itest/gw-1/flows') summaries.push(JSON.parse(payload.toString()));
     });
@@ -74,10 +61,7 @@ traffic: { summaryIntervalSeconds: 2 }
   afterAll(async () => {
     try {
       await client?.endAsync(true).catch(() => undefined);
-      if (agent && agent.child.exitCode === null) {
-        agent.child.kill('SIGTERM');
-        await Promise.race([agent.exited, sleep(5000)]);
-      }
+      await stopAgent(agent);
     } finally {
       await destroyAll(labs);
     }
@@ -125,18 +109,7 @@ traffic: { summaryIntervalSeconds: 2 }
 
   it('starts conntrack again when it exits', async () => {
     const pid = agent!.child.pid!;
-    const conntrackPid = () =>
-      readdirSync('/proc')
-        .filter((d) => /^\d+$/.test(d))
-        .find((d) => {
-          try {
-            const stat = readFileSync(`/proc/${d}/stat`, 'utf8');
-            const ppid = Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1]);
-            return ppid === pid && readFileSync(`/proc/${d}/cmdline`, 'utf8').split('\0').join(' ').includes('conntrack -E');
-          } catch {
-            return false;
-          }
-        });
+    const conntrackPid = () => childCommands(pid).find((c) => c.includes('conntrack -E'))?.split(' ')[0];
     const first = await until('the agent\'s conntrack', () => conntrackPid(), 5000);
     process.kill(Number(first), 'SIGKILL');
     await until('a new conntrack', () => {

@@ -5,7 +5,7 @@
 // in rsyslog, and the records in the flow log. Then a restart of the agent:
 // every flow the kernel reported while an agent ran is in the log, once.
 import { spawnSync } from 'node:child_process';
-import { appendFileSync, existsSync, readdirSync, readFileSync } from 'node:fs';
+import { appendFileSync, existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import type { MqttClient } from 'mqtt';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -13,7 +13,7 @@ import { EventPayload } from '../../agent/mqtt/topics.js';
 import type { FlowRecord } from '../../agent/traffic/flows.js';
 import { sh } from '../../hardware/netns-site.js';
 import { freePort } from '../mqtt/brokers.js';
-import { canRoot, destroyAll, Lab, NETCHECK, removeStale, skipReason, sleep, until, v4, warnSkip } from '../integration/site.js';
+import { canRoot, childCommands, connectToAgent, destroyAll, Lab, NETCHECK, removeStale, skipReason, sleep, stopAgent, until, v4, warnSkip } from '../integration/site.js';
 import { FLOW_POLICIES } from './model.js';
 import { killAll, rsyslogMissing, startRsyslog, type Rsyslog } from '../export/rsyslog.js';
 
@@ -48,25 +48,10 @@ describe.skipIf(tools !== undefined)('denied records and detections in wardgate 
 
   /** The agent's conntrack and tcpdump children both run (the agent does not wait for them). */
   const readersUp = async () => {
-    const pid = agent!.child.pid!;
-    await until(
-      'the agent\'s conntrack and tcpdump',
-      () => {
-        const children = readdirSync('/proc')
-          .filter((d) => /^\d+$/.test(d))
-          .flatMap((d) => {
-            try {
-              const stat = readFileSync(`/proc/${d}/stat`, 'utf8');
-              const ppid = Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1]);
-              return ppid === pid ? [readFileSync(`/proc/${d}/cmdline`, 'utf8').split('\0').join(' ')] : [];
-            } catch {
-              return [];
-            }
-          });
-        return children.some((c) => c.includes('conntrack -E')) && children.some((c) => c.includes('tcpdump -i nflog'));
-      },
-      15000,
-    );
+    await until('the agent\'s conntrack and tcpdump', () => {
+      const children = childCommands(agent!.child.pid!);
+      return children.some((c) => c.includes('conntrack -E')) && children.some((c) => c.includes('tcpdump -i nflog'));
+    }, 15000);
     // conntrack says nothing once subscribed, tcpdump does: give both a moment.
     await sleep(1000);
   };
@@ -104,20 +89,7 @@ traffic:
     await lab.listen('pacs', 'tcp', [104]);
     await lab.commit();
     agent = lab.startAgent();
-    const { default: mqtt } = await import('mqtt');
-    client = await until(
-      'the embedded broker',
-      async () => {
-        if (agent?.child.exitCode !== null) throw new Error(`the agent exited: ${agent?.output() ?? ''}`);
-        try {
-          return await mqtt.connectAsync(`mqtt://127.0.0.1:${port}`, { protocolVersion: 4, reconnectPeriod: 500, connectTimeout: 2000 });
-        } catch {
-          return undefined;
-        }
-      },
-      15000,
-      250,
-    );
+    client = await connectToAgent(agent, port, { reconnectPeriod: 500 });
     client.on('message', (_topic, payload) => events.push(EventPayload.parse(JSON.parse(payload.toString()))));
     await client.subscribeAsync('wardgate/v1/itest/gw-1/events', { qos: 1 });
     await readersUp();
@@ -126,10 +98,7 @@ traffic:
   afterAll(async () => {
     try {
       await client?.endAsync(true).catch(() => undefined);
-      if (agent && agent.child.exitCode === null) {
-        agent.child.kill('SIGTERM');
-        await Promise.race([agent.exited, sleep(5000)]);
-      }
+      await stopAgent(agent);
     } finally {
       await killAll();
       await destroyAll(labs);
