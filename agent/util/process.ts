@@ -5,10 +5,10 @@ import type { Readable } from 'node:stream';
 
 export const inNetns = (netns: string | undefined, argv: string[]): string[] => (netns ? ['ip', 'netns', 'exec', netns, ...argv] : argv);
 
-/** Ends a child process: SIGTERM, then SIGKILL after `ms`; resolves once it has exited. */
-export async function stopProcess(child: ChildProcess, exited: Promise<unknown>, ms: number): Promise<void> {
+/** Ends a child process: `signal` (SIGTERM), then SIGKILL after `ms`; resolves once it has exited. */
+export async function stopProcess(child: ChildProcess, exited: Promise<unknown>, ms: number, signal: NodeJS.Signals = 'SIGTERM'): Promise<void> {
   if (child.exitCode !== null || child.signalCode !== null) return;
-  child.kill('SIGTERM');
+  child.kill(signal);
   const timer = setTimeout(() => child.kill('SIGKILL'), ms);
   await exited;
   clearTimeout(timer);

@@ -2,11 +2,13 @@
 // configuration, listening on loopback only (imudp, imtcp, and imtcp with the gtls driver for
 // RFC 5425), writing every message it receives as one JSON line: the raw message and the
 // properties rsyslog parsed out of it, including the structured data as mmpstrucdata reads it.
+import { once } from 'node:events';
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import { createSocket } from 'node:dgram';
 import { existsSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { join } from 'node:path';
+import { stopProcess } from '../../agent/util/process.js';
 import { freePort } from '../mqtt/brokers.js';
 
 const MODULE_DIRS = ['/usr/lib/x86_64-linux-gnu/rsyslog', '/usr/lib/aarch64-linux-gnu/rsyslog', '/usr/lib/arm-linux-gnueabihf/rsyslog', '/usr/lib/rsyslog'];
@@ -186,15 +188,7 @@ export async function startRsyslog(opts: RsyslogOptions): Promise<Rsyslog> {
     stop: async (signal = 'SIGKILL') => {
       const c = child;
       child = undefined;
-      if (!c || c.exitCode !== null || c.signalCode !== null) return;
-      await new Promise<void>((resolve) => {
-        const force = setTimeout(() => c.kill('SIGKILL'), 5000);
-        c.once('exit', () => {
-          clearTimeout(force);
-          resolve();
-        });
-        c.kill(signal);
-      });
+      if (c) await stopProcess(c, once(c, 'exit'), 5000, signal);
     },
   };
   await r.start();

@@ -1,11 +1,13 @@
 // Real brokers for tests: the embedded aedes broker in-process, and Mosquitto as a separate
 // process with TLS and client certificates from a throwaway CA made with openssl.
+import { once } from 'node:events';
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import { appendFileSync, chmodSync, copyFileSync, mkdirSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import mqtt, { type MqttClient } from 'mqtt';
+import { stopProcess } from '../../agent/util/process.js';
 
 export async function freePort(): Promise<number> {
   return new Promise((resolve, reject) => {
@@ -174,15 +176,7 @@ export async function startMosquitto(pki: Pki, port?: number, opts: MosquittoOpt
     stop: async (signal = 'SIGKILL') => {
       const c = child;
       child = undefined;
-      if (!c || c.exitCode !== null || c.signalCode !== null) return;
-      await new Promise<void>((resolve) => {
-        const force = setTimeout(() => c.kill('SIGKILL'), 5000);
-        c.once('exit', () => {
-          clearTimeout(force);
-          resolve();
-        });
-        c.kill(signal);
-      });
+      if (c) await stopProcess(c, once(c, 'exit'), 5000, signal);
     },
   };
   await m.start();
