@@ -2,17 +2,20 @@
 // New UDP flows for bench/flows.ts: COUNT datagrams to HOST:PORT, each from its own source port
 // (FIRST, FIRST+1, ...), so that each is a new conntrack entry, at RATE flows per second (0: as
 // fast as it can); at most 256 sockets open at once. Prints {"sent":N,"errors":M,"seconds":S}.
-//   node bench/flow-storm.mjs HOST PORT COUNT FIRST [RATE]
+// With "wait", it prints "ready <pid>" and starts on SIGUSR1 (so that the benchmark's CPU window holds
+// no process spawn).
+//   node bench/flow-storm.mjs HOST PORT COUNT FIRST [RATE [wait]]
+/* global setInterval, clearInterval, clearTimeout */
 import dgram from 'node:dgram';
 
-const [host, portText, countText, firstText, rateText = '0'] = process.argv.slice(2);
+const [host, portText, countText, firstText, rateText = '0', wait] = process.argv.slice(2);
 const port = Number(portText);
 const count = Number(countText);
 const first = Number(firstText);
 const rate = Number(rateText);
 const WINDOW = 256;
 const payload = new Uint8Array(16).fill(0x77);
-const start = Date.now();
+let start = Date.now();
 let next = 0;
 let open = 0;
 let sent = 0;
@@ -42,10 +45,27 @@ function pump() {
   while (next < allowed && open < WINDOW) one();
 }
 
-if (rate > 0) {
-  const timer = setInterval(() => {
-    pump();
-    if (next >= count) clearInterval(timer);
-  }, 5);
+function go() {
+  start = Date.now();
+  if (rate > 0) {
+    const timer = setInterval(() => {
+      pump();
+      if (next >= count) clearInterval(timer);
+    }, 5);
+  }
+  pump();
 }
-pump();
+
+if (wait === 'wait') {
+  // A signal listener alone does not keep node running; give up after a minute.
+  const idle = setInterval(() => undefined, 1000);
+  const giveUp = setTimeout(() => process.exit(3), 60_000);
+  process.once('SIGUSR1', () => {
+    clearInterval(idle);
+    clearTimeout(giveUp);
+    go();
+  });
+  process.stdout.write(`ready ${process.pid}\n`);
+} else {
+  go();
+}

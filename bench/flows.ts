@@ -30,7 +30,7 @@ import { withTrafficSite, type TrafficSite } from './site.js';
 
 const STORM = join(import.meta.dirname, 'flow-storm.mjs');
 const FIRST_PORT = 10000;
-const RATES = [1000, 2000, 4000, 8000, 16000];
+const RATES = (process.env.WARDGATE_BENCH_RATES ?? '1000,2000,4000,8000,16000').split(',').map(Number);
 
 /** utime + stime of a process, in ms (from /proc/<pid>/stat; clock ticks of 10 ms). */
 function procCpuMs(pid: number): number {
@@ -119,12 +119,23 @@ async function round(t: TrafficSite, port: number, rate: number, seconds: number
     if (!(await until(() => conntrackChildren().length > 0, 10_000))) throw new Error('the pipeline\'s conntrack did not start');
     await sleep(1000);
     const child = conntrackChildren()[0]!;
+    const sent = Math.min(50_000, rate * seconds);
+    const stormer = t.site.spawn('peer', [process.execPath, STORM, TARGET_DEVICE_V4, String(port), String(sent), String(FIRST_PORT), String(rate), 'wait']);
+    let out = '';
+    let err = '';
+    stormer.stdout?.on('data', (d: Buffer) => (out += d.toString()));
+    stormer.stderr?.on('data', (d: Buffer) => (err += d.toString()));
+    const finished = new Promise<void>((resolve) => stormer.once('exit', () => resolve()));
+    if (!(await until(() => out.includes('ready'), 10_000))) throw new Error(`flow-storm did not start: ${err}`);
+    // The CPU window: from the storm's start to the last record, with no process spawned in it.
     const cpu0 = process.cpuUsage();
     const child0 = procCpuMs(child);
-    const sent = Math.min(50_000, rate * seconds);
-    const r = await t.site.exec('peer', [process.execPath, STORM, TARGET_DEVICE_V4, String(port), String(sent), String(FIRST_PORT), String(rate)], { timeoutMs: 120_000 });
-    if (r.code !== 0) throw new Error(`flow-storm failed (exit ${r.code}): ${r.stderr.trim()}`);
-    const storm = JSON.parse(r.stdout) as { sent: number; errors: number; seconds: number };
+    // `ip netns exec` may fork: the storm names its own pid.
+    process.kill(Number(/ready (\d+)/.exec(out)?.[1]), 'SIGUSR1');
+    await finished;
+    const result = out.split('\n').find((l) => l.startsWith('{'));
+    if (!result) throw new Error(`flow-storm failed (exit ${stormer.exitCode}): ${err.trim()}`);
+    const storm = JSON.parse(result) as { sent: number; errors: number; seconds: number };
     if (storm.sent !== sent) throw new Error(`flow-storm sent ${storm.sent} of ${sent} (${storm.errors} errors)`);
     await until(() => recorded.size >= sent, 15_000);
     const cpu = process.cpuUsage(cpu0);

@@ -7,8 +7,8 @@
 // (rounds, default 5 for throughput and outbox, 3 for udp), WARDGATE_BENCH_SECONDS (seconds per
 // traffic run, default 3), WARDGATE_BENCH_EVENTS (outbox events per run, default 5000),
 // WARDGATE_BENCH_BROKER (outbox: mosquitto or aedes; default mosquitto when installed),
-// WARDGATE_BENCH_RSS_SECONDS (rss: seconds each agent runs, default 25), WARDGATE_BENCH_FLOWS
-// (flows: new flows per round, default 20000).
+// WARDGATE_BENCH_RSS_SECONDS (rss: seconds each agent runs, default 25),
+// WARDGATE_BENCH_RATES (flows: the ladder of new flows/s, default 1000,2000,4000,8000,16000).
 import { apply } from './apply.js';
 import { flows } from './flows.js';
 import { commandMissing, removeStale, rootSkipReason } from './lib.js';
