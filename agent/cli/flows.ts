@@ -88,8 +88,8 @@ function notes(map: FlowMap, read: ReadStats, logDir: string): string[] {
     `map: ${devices} device(s), ${map.edges.length} edge(s): ${count('allowed-observed')} allowed and observed, ` +
       `${count('allowed-unobserved')} allowed never observed, ${count('not-allowed')} observed NOT allowed; ${phi} carry PHI`,
   );
-  if (read.files === 0) lines.push(`no flow log in ${logDir}: the map shows the allow-lists alone`);
-  else lines.push(`${map.stats.mapped} of ${read.records} flow record(s) from ${read.files} file(s) in ${logDir}`);
+  if (read.files.length === 0) lines.push(`no flow log in ${logDir}: the map shows the allow-lists alone`);
+  else lines.push(`${map.stats.mapped} of ${read.records} flow record(s) from ${read.files.length} file(s) in ${logDir}`);
   if (read.bad > 0) lines.push(`skipped ${read.bad} line(s) that are not flow records`);
   const unknown = Object.entries(map.stats.unknownDevices).sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0));
   if (unknown.length > 0) {

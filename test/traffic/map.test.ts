@@ -16,7 +16,7 @@ import { buildModel } from '../../agent/policy/model.js';
 import { dotString, GraphvizMissingError, renderDot, renderSvg } from '../../agent/traffic/dot.js';
 import { APP_PORTS, type App, type FlowRecord } from '../../agent/traffic/flows.js';
 import { FlowMapBuilder, mapInput, type FlowMap, type MapEdge, type MapInput, type MapOptions } from '../../agent/traffic/map.js';
-import type { ObservedFlow } from '../../agent/traffic/read.js';
+import type { LoggedFlow } from '../../agent/traffic/read.js';
 import { CLI, gatewayYaml } from '../integration/site.js';
 import { FLOW_POLICIES } from './model.js';
 
@@ -68,7 +68,7 @@ function flow(over: Partial<FlowRecord> & Pick<FlowRecord, 'device' | 'peer' | '
   };
 }
 
-function build(records: readonly ObservedFlow[], opts: MapOptions = {}, using: MapInput = input): FlowMap {
+function build(records: readonly LoggedFlow[], opts: MapOptions = {}, using: MapInput = input): FlowMap {
   const b = new FlowMapBuilder(using, opts);
   for (const r of records) b.add(r);
   return b.build();
