@@ -8,6 +8,7 @@ import { buildModel, type Model, type ResolvedDevice, type ResolvedEntry } from 
 import { coverage, type DeviceCoverage } from '../traffic/coverage.js';
 import { fileOf, groupsOf, propose, renderProposal } from '../traffic/learn.js';
 import { readObserved, parseSince, type ObservedFlow } from '../traffic/observed.js';
+import { FLOW_LOG_DIR } from '../traffic/read.js';
 import { writeFileAtomic } from '../util/fsx.js';
 import { gatewayPath, stateDirOf, UsageError, type GlobalOptions } from './context.js';
 import type { Io } from './io.js';
@@ -23,7 +24,7 @@ function load(opts: GlobalOptions): { loaded: LoadedConfig; model: Model; flowDi
   const loaded = loadConfig(gatewayPath(opts));
   const model = buildModel(loaded);
   const stateDir = stateDirOf(opts, model.gateway.stateDir, loaded.gateway.root);
-  return { loaded, model, flowDir: join(stateDir, 'flows') };
+  return { loaded, model, flowDir: join(stateDir, FLOW_LOG_DIR) };
 }
 
 function sinceOf(opts: ObservedOptions): Date | undefined {
@@ -62,11 +63,11 @@ export async function learnCommand(opts: ObservedOptions, io: Io): Promise<numbe
   const { loaded, model, flowDir } = load(opts);
   const device = deviceOf(model, opts.device);
   const observed = await readObserved(flowDir, { device: device.id, ...(since ? { since } : {}) });
-  if (observed.skipped > 0) io.err(skippedWarning(observed.skipped));
+  if (observed.read.bad > 0) io.err(skippedWarning(observed.read.bad));
   const seen = observed.devices.get(device.id);
   const window = since ? ` since ${since.toISOString()}` : '';
   if (!seen) {
-    const where = observed.files.length === 0 ? `there is no flow log in ${flowDir}` : `${plural(observed.files.length, 'file')} in ${flowDir} hold none`;
+    const where = observed.read.files.length === 0 ? `there is no flow log in ${flowDir}` : `${plural(observed.read.files.length, 'file')} in ${flowDir} hold none`;
     io.err(`no observed flows for ${device.id}${window}: ${where}; nothing to propose (flows are recorded by "wardgate run", docs/traffic.md)`);
     return 1;
   }
@@ -126,9 +127,9 @@ export async function observedDiffCommand(opts: ObservedOptions, io: Io): Promis
   if (opts.json) {
     const report: DiffReport = {
       since: since?.toISOString() ?? null,
-      files: observed.files,
+      files: observed.read.files,
       records: observed.records,
-      skippedLines: observed.skipped,
+      skippedLines: observed.read.bad,
       devices: results.map((r) => ({
         ...r,
         unused: r.unused.map((e) => ({
@@ -147,9 +148,9 @@ export async function observedDiffCommand(opts: ObservedOptions, io: Io): Promis
     return differ ? 1 : 0;
   }
 
-  if (observed.skipped > 0) io.err(skippedWarning(observed.skipped));
+  if (observed.read.bad > 0) io.err(skippedWarning(observed.read.bad));
   const window = since ? ` since ${since.toISOString()}` : '';
-  io.out(`observed: ${plural(observed.records, 'flow')}${window} in ${flowDir} (${plural(observed.files.length, 'file')})`);
+  io.out(`observed: ${plural(observed.records, 'flow')}${window} in ${flowDir} (${plural(observed.read.files.length, 'file')})`);
   for (const r of results) {
     if (r.uncovered.length === 0 && r.unused.length === 0) {
       io.out(`${r.device} (${r.mode}): no difference (${plural(r.flows, 'flow')})`);

@@ -182,7 +182,7 @@ describe('wardgate policy diff --observed', () => {
     const j = JSON.parse(r.out) as { since: string; records: number; skippedLines: number; files: string[]; unlisted: string[]; devices: { device: string; mode: string; flows: number; uncovered: { peer: string; port: number; verdicts: object }[]; unused: { id: string; file: string; line: number; ports: string[] }[] }[] };
     expect(j).toMatchObject({ records: 3, skippedLines: 1, unlisted: [] });
     expect(Math.abs(Date.parse(j.since) - (NOW - 2 * HOUR))).toBeLessThan(60_000);
-    expect(j.files.map((f) => f.slice(dir.length + 1))).toEqual(['state/flows/flows.ndjson', 'state/flows/flows.ndjson.1']);
+    expect(j.files.map((f) => f.slice(dir.length + 1))).toEqual(['state/flows/flows.ndjson.1', 'state/flows/flows.ndjson']);
     expect(j.devices.map((d) => [d.device, d.mode, d.flows])).toEqual([['ct-01', 'enforce', 1], ['pump-01', 'monitor', 2]]);
     expect(j.devices[0]!.unused.map((e) => [e.id, e.file, e.line, e.ports])).toEqual([
       ['ct-01/allow[1]', 'rules/ct.yaml', 12, ['4242']],
