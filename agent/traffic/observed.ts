@@ -50,20 +50,6 @@ export interface ObservedOptions {
   since?: Date;
 }
 
-const UNITS: Record<string, number> = { s: 1000, m: 60_000, h: 3_600_000, d: 86_400_000, w: 604_800_000 };
-
-/**
- * `--since`: an ISO 8601 time ("2025-03-01", "2025-03-01T08:00:00Z") or a duration back from
- * `now` ("90m", "24h", "7d", "2w"). Undefined when it is neither.
- */
-export function parseSince(text: string, now = Date.now()): Date | undefined {
-  const d = /^(\d+)([smhdw])$/.exec(text.trim());
-  if (d) return new Date(now - Number(d[1]) * UNITS[d[2]!]!);
-  if (!/^\d{4}-\d{2}-\d{2}/.test(text)) return undefined;
-  const t = Date.parse(text);
-  return Number.isFinite(t) ? new Date(t) : undefined;
-}
-
 interface Acc {
   flow: Omit<ObservedFlow, 'firstSeen' | 'lastSeen'>;
   /** The peer's address as a number, for sorting. */

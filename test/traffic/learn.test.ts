@@ -13,7 +13,7 @@ import { buildModel, type Model } from '../../agent/policy/model.js';
 import { coverage } from '../../agent/traffic/coverage.js';
 import type { FlowRecord } from '../../agent/traffic/flows.js';
 import { foldPorts, groupFor, groupsOf, MANY_HIGH_PORTS, propose, renderProposal } from '../../agent/traffic/learn.js';
-import { parseSince, readObserved, type DeviceObservation, type ObservedFlow } from '../../agent/traffic/observed.js';
+import { readObserved, type DeviceObservation, type ObservedFlow } from '../../agent/traffic/observed.js';
 import { CT, gatewayYaml, GROUPS, PUMP } from '../integration/site.js';
 
 const dirs: string[] = [];
@@ -169,20 +169,6 @@ describe('readObserved', () => {
       [445, 13333],
     ]);
   });
-});
-
-describe('parseSince', () => {
-  const now = Date.parse('2025-03-08T12:00:00Z');
-  it.each([
-    ['90s', '2025-03-08T11:58:30.000Z'],
-    ['90m', '2025-03-08T10:30:00.000Z'],
-    ['24h', '2025-03-07T12:00:00.000Z'],
-    ['7d', '2025-03-01T12:00:00.000Z'],
-    ['1w', '2025-03-01T12:00:00.000Z'],
-    ['2025-03-01', '2025-03-01T00:00:00.000Z'],
-    ['2025-03-01T08:00:00+01:00', '2025-03-01T07:00:00.000Z'],
-  ])('%s', (text, expected) => expect(parseSince(text, now)?.toISOString()).toBe(expected));
-  it.each(['', 'yesterday', '24', '-1h', '3y', '2025-13-45', '12:00'])('rejects "%s"', (text) => expect(parseSince(text, now)).toBeUndefined());
 });
 
 describe('folding', () => {
