@@ -8,6 +8,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import type { FlowRecord } from '../../agent/traffic/flows.js';
+import { record } from './fixtures/record.js';
 import { openFlowLog } from '../../agent/traffic/log.js';
 import { flowLogFiles, readFlowLog, type FlowLine } from '../../agent/traffic/read.js';
 
@@ -26,27 +27,6 @@ afterEach(() => {
 const ROOT = join(import.meta.dirname, '..', '..');
 const WRITER = join(import.meta.dirname, 'fixtures', 'flow-writer.ts');
 
-const record = (i: number): FlowRecord => ({
-  time: new Date(1_900_000_000_000 + i * 1000).toISOString(),
-  start: null,
-  device: 'ct-01',
-  peer: i % 2 === 0 ? '10.10.1.10' : 'fd00:10::1:10',
-  peerGroup: 'pacs',
-  direction: 'inbound',
-  proto: 'tcp',
-  sport: 40000 + i,
-  dport: 104,
-  packets: 10,
-  bytes: 700 + i,
-  toDevice: { packets: 6, bytes: 400 },
-  fromDevice: { packets: 4, bytes: 300 + i },
-  accounted: true,
-  durationMs: i,
-  app: 'DICOM',
-  verdict: 'allowed',
-  entry: 'ct-01/allow[0]',
-  conntrackId: i,
-});
 
 async function readAll(dir: string): Promise<{ flows: FlowLine[]; stats: Awaited<ReturnType<typeof readFlowLog>> }> {
   const flows: FlowLine[] = [];
@@ -167,13 +147,13 @@ describe('reading the flow log', () => {
   it('rotations by a running writer while the files are opened: every read holds each record once, from the first', async () => {
     // A line about every millisecond, some 8 to a file of 3000 bytes: a rotation every ~9 ms, while
     // listing, opening and checking the ~190 files the log grows to takes a good part of that, so
-    // many reads begin across a rotation. 250 files: more than the run makes, so nothing is
+    // many reads begin across a rotation. 300 files: more than the run makes, so nothing is
     // dropped and every read must start at record 0. Opening the files in listing order without
     // the check misses a file; newest first without it misses the oldest (both fail here).
     const dir = tmp();
     const path = join(dir, 'flows.ndjson');
     const count = 1500;
-    const writer = spawn(process.execPath, ['--import', 'tsx', WRITER, path, '3000', '250', String(count), '1'], { cwd: ROOT, stdio: ['ignore', 'ignore', 'pipe'] });
+    const writer = spawn(process.execPath, ['--import', 'tsx', WRITER, path, '3000', '300', String(count), '1'], { cwd: ROOT, stdio: ['ignore', 'ignore', 'pipe'] });
     children.push(writer);
     let stderr = '';
     writer.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
@@ -193,8 +173,10 @@ describe('reading the flow log', () => {
     let reads = 0;
     let rotatedReads = 0;
     let last = 0;
+    // The writer takes a moment to start (tsx).
+    while (!done && flowLogFiles(dir).length === 0) await new Promise((r) => setTimeout(r, 10));
     while (!done) {
-      // Until the writer has made its first file, a read does no I/O: let the exit event in.
+      // A read of little I/O may not give the writer's exit event a turn: give it one.
       await new Promise((r) => setImmediate(r));
       const files = flowLogFiles(dir).length;
       const n = await check();
