@@ -122,13 +122,15 @@ const OPEN_TRIES = 20;
  * twice under two names, or one moved to a name already passed would be missed. So after opening,
  * the directory is listed again and each name must still name the file held (a held file's
  * inode cannot be reused, so a rotation always changes some name's inode); if not, everything is
- * closed and opened again. Rotations come once per maxBytes of log, so a second try nearly always
- * holds; after OPEN_TRIES the last set is read as it is.
+ * closed and opened again. Rotations come once per maxBytes of log (8 MiB by default), so a
+ * second try nearly always holds.
  *
- * Files are opened newest first and told apart by inode. Opening with the renames (a rotation
- * moves each file to the next older name) can only meet a file again, which is then read once;
- * and when the log is at its file count, what it misses is the oldest, which the rotation itself
- * removed. A file under two names (a hard link) is read once, too.
+ * Should no try hold (a writer rotating faster than the files can be opened), the last set is
+ * read as it is, and the order of opening limits the harm: newest first, with the renames (a
+ * rotation moves each file to the next older name), a rotation can only make the opener meet a
+ * file again, which is told apart by inode and read once, and, when the log is at its file
+ * count, miss the oldest, which that rotation removed anyway. A file under two names (a hard
+ * link) is read once, too.
  */
 function openLog(dir: string): Held[] {
   for (let attempt = 1; ; attempt++) {
