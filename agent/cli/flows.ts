@@ -8,6 +8,7 @@ import { FlowMapBuilder, mapInput, type FlowMap } from '../traffic/map.js';
 import { FLOW_LOG_DIR, readFlowLog, type ReadStats } from '../traffic/read.js';
 import { writeFileAtomic } from '../util/fsx.js';
 import { gatewayPath, stateDirOf, UsageError, type GlobalOptions } from './context.js';
+import { parseSince, readingFlowLog, skippedWarning } from './flowlog.js';
 import type { Io } from './io.js';
 
 export interface FlowsOptions extends GlobalOptions {
@@ -15,22 +16,6 @@ export interface FlowsOptions extends GlobalOptions {
   since?: string;
   format?: string;
   out?: string;
-}
-
-const AGE_UNITS: Record<string, number> = { s: 1e3, m: 60e3, h: 3600e3, d: 86400e3, w: 7 * 86400e3 };
-
-/**
- * --since: an age before `now` ("90m", "24h", "7d", "2w") or an ISO 8601 time. A date alone is
- * midnight UTC and a time without an offset is local time, as JavaScript's Date reads them.
- */
-export function parseSince(text: string, now: Date): Date {
-  const age = /^(\d{1,6})([smhdw])$/.exec(text);
-  if (age) return new Date(now.getTime() - Number(age[1]) * AGE_UNITS[age[2]!]!);
-  if (/^\d{4}-\d{2}-\d{2}(?:[T ]\d{2}:\d{2}(?::\d{2}(?:\.\d+)?)?(?:Z|[+-]\d{2}:?\d{2})?)?$/.test(text)) {
-    const t = Date.parse(text);
-    if (!Number.isNaN(t)) return new Date(t);
-  }
-  throw new UsageError(`--since takes an age (90m, 24h, 7d, 2w) or a time (2030-01-31, 2030-01-31T08:00Z), not "${text}"`);
 }
 
 export async function flowsCommand(sub: string | undefined, opts: FlowsOptions, io: Io, now = new Date()): Promise<number> {
@@ -52,15 +37,8 @@ export async function flowsCommand(sub: string | undefined, opts: FlowsOptions, 
     ...(since !== undefined ? { since } : {}),
   });
   const logDir = join(stateDir, FLOW_LOG_DIR);
-  let read: ReadStats;
-  try {
-    read = await readFlowLog(logDir, (flow) => builder.add(flow));
-  } catch (err) {
-    const e = err as NodeJS.ErrnoException;
-    if (e.code !== 'EACCES' && e.code !== 'EPERM') throw err;
-    io.err(`wardgate: cannot read the flow log: ${e.message} (run as the wardgate user or root)`);
-    return 1;
-  }
+  const read = await readingFlowLog(io, () => readFlowLog(logDir, (flow) => builder.add(flow)));
+  if (read === undefined) return 1;
   const map = builder.build();
   const dotText = renderDot(map);
   let text: string;
@@ -88,9 +66,10 @@ function notes(map: FlowMap, read: ReadStats, logDir: string): string[] {
     `map: ${devices} device(s), ${map.edges.length} edge(s): ${count('allowed-observed')} allowed and observed, ` +
       `${count('allowed-unobserved')} allowed never observed, ${count('not-allowed')} observed NOT allowed; ${phi} carry PHI`,
   );
-  if (read.files === 0) lines.push(`no flow log in ${logDir}: the map shows the allow-lists alone`);
-  else lines.push(`${map.stats.mapped} of ${read.records} flow record(s) from ${read.files} file(s) in ${logDir}`);
-  if (read.bad > 0) lines.push(`skipped ${read.bad} line(s) that are not flow records`);
+  if (read.files.length === 0) lines.push(`no flow log in ${logDir}: the map shows the allow-lists alone`);
+  else lines.push(`${map.stats.mapped} of ${read.records} flow record(s) from ${read.files.length} file(s) in ${logDir}`);
+  const skipped = skippedWarning(read);
+  if (skipped !== undefined) lines.push(skipped);
   const unknown = Object.entries(map.stats.unknownDevices).sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0));
   if (unknown.length > 0) {
     const n = unknown.reduce((s, [, c]) => s + c, 0);

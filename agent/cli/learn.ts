@@ -7,9 +7,11 @@ import { loadConfig, loadPolicyText, type LoadedConfig } from '../config/load.js
 import { buildModel, type Model, type ResolvedDevice, type ResolvedEntry } from '../policy/model.js';
 import { coverage, type DeviceCoverage } from '../traffic/coverage.js';
 import { fileOf, groupsOf, propose, renderProposal } from '../traffic/learn.js';
-import { readObserved, parseSince, type ObservedFlow } from '../traffic/observed.js';
+import { readObserved, type ObservedFlow } from '../traffic/observed.js';
+import { FLOW_LOG_DIR } from '../traffic/read.js';
 import { writeFileAtomic } from '../util/fsx.js';
 import { gatewayPath, stateDirOf, UsageError, type GlobalOptions } from './context.js';
+import { parseSince, readingFlowLog, skippedWarning } from './flowlog.js';
 import type { Io } from './io.js';
 
 export interface ObservedOptions extends GlobalOptions {
@@ -23,14 +25,7 @@ function load(opts: GlobalOptions): { loaded: LoadedConfig; model: Model; flowDi
   const loaded = loadConfig(gatewayPath(opts));
   const model = buildModel(loaded);
   const stateDir = stateDirOf(opts, model.gateway.stateDir, loaded.gateway.root);
-  return { loaded, model, flowDir: join(stateDir, 'flows') };
-}
-
-function sinceOf(opts: ObservedOptions): Date | undefined {
-  if (opts.since === undefined) return undefined;
-  const since = parseSince(opts.since);
-  if (!since) throw new UsageError(`--since takes an ISO 8601 time (2025-03-01T08:00:00Z) or a duration back from now (90m, 24h, 7d, 2w), not "${opts.since}"`);
-  return since;
+  return { loaded, model, flowDir: join(stateDir, FLOW_LOG_DIR) };
 }
 
 function deviceOf(model: Model, id: string): ResolvedDevice {
@@ -40,8 +35,6 @@ function deviceOf(model: Model, id: string): ResolvedDevice {
 }
 
 const plural = (n: number, word: string) => `${n} ${word}${n === 1 ? '' : 's'}`;
-const skippedWarning = (n: number) =>
-  `warning: skipped ${n === 1 ? '1 line of the flow log that is not a flow record' : `${n} lines of the flow log that are not flow records`}`;
 
 function describeFlow(f: ObservedFlow): string {
   const port = f.port !== null ? ` port ${f.port}` : '';
@@ -58,15 +51,17 @@ function describeEntry(e: ResolvedEntry): string {
 
 export async function learnCommand(opts: ObservedOptions, io: Io): Promise<number> {
   if (opts.device === undefined) throw new UsageError('policy learn needs --device ID');
-  const since = sinceOf(opts);
+  const since = opts.since !== undefined ? parseSince(opts.since) : undefined;
   const { loaded, model, flowDir } = load(opts);
   const device = deviceOf(model, opts.device);
-  const observed = await readObserved(flowDir, { device: device.id, ...(since ? { since } : {}) });
-  if (observed.skipped > 0) io.err(skippedWarning(observed.skipped));
+  const observed = await readingFlowLog(io, () => readObserved(flowDir, { device: device.id, ...(since ? { since } : {}) }));
+  if (observed === undefined) return 1;
+  const skipped = skippedWarning(observed.read);
+  if (skipped !== undefined) io.err(skipped);
   const seen = observed.devices.get(device.id);
   const window = since ? ` since ${since.toISOString()}` : '';
   if (!seen) {
-    const where = observed.files.length === 0 ? `there is no flow log in ${flowDir}` : `${plural(observed.files.length, 'file')} in ${flowDir} hold none`;
+    const where = observed.read.files.length === 0 ? `there is no flow log in ${flowDir}` : `${plural(observed.read.files.length, 'file')} in ${flowDir} hold none`;
     io.err(`no observed flows for ${device.id}${window}: ${where}; nothing to propose (flows are recorded by "wardgate run", docs/traffic.md)`);
     return 1;
   }
@@ -114,10 +109,11 @@ interface DiffReport {
 }
 
 export async function observedDiffCommand(opts: ObservedOptions, io: Io): Promise<number> {
-  const since = sinceOf(opts);
+  const since = opts.since !== undefined ? parseSince(opts.since) : undefined;
   const { model, flowDir } = load(opts);
   const devices = opts.device !== undefined ? [deviceOf(model, opts.device)] : model.devices;
-  const observed = await readObserved(flowDir, { ...(opts.device !== undefined ? { device: opts.device } : {}), ...(since ? { since } : {}) });
+  const observed = await readingFlowLog(io, () => readObserved(flowDir, { ...(opts.device !== undefined ? { device: opts.device } : {}), ...(since ? { since } : {}) }));
+  if (observed === undefined) return 1;
   const results = devices.map((d) => coverage(d, observed.devices.get(d.id)));
   const listed = new Set(model.devices.map((d) => d.id));
   const unlisted = [...observed.devices.keys()].filter((id) => !listed.has(id));
@@ -126,9 +122,9 @@ export async function observedDiffCommand(opts: ObservedOptions, io: Io): Promis
   if (opts.json) {
     const report: DiffReport = {
       since: since?.toISOString() ?? null,
-      files: observed.files,
+      files: observed.read.files,
       records: observed.records,
-      skippedLines: observed.skipped,
+      skippedLines: observed.read.bad,
       devices: results.map((r) => ({
         ...r,
         unused: r.unused.map((e) => ({
@@ -147,9 +143,10 @@ export async function observedDiffCommand(opts: ObservedOptions, io: Io): Promis
     return differ ? 1 : 0;
   }
 
-  if (observed.skipped > 0) io.err(skippedWarning(observed.skipped));
+  const skipped = skippedWarning(observed.read);
+  if (skipped !== undefined) io.err(skipped);
   const window = since ? ` since ${since.toISOString()}` : '';
-  io.out(`observed: ${plural(observed.records, 'flow')}${window} in ${flowDir} (${plural(observed.files.length, 'file')})`);
+  io.out(`observed: ${plural(observed.records, 'flow')}${window} in ${flowDir} (${plural(observed.read.files.length, 'file')})`);
   for (const r of results) {
     if (r.uncovered.length === 0 && r.unused.length === 0) {
       io.out(`${r.device} (${r.mode}): no difference (${plural(r.flows, 'flow')})`);

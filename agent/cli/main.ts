@@ -29,7 +29,7 @@ usage: wardgate <command> [options]
                     [--since T] [--out FILE]): its policy file with the allow list replaced
   policy schema     print the JSON Schema of policy files (--out-dir D: write both schemas)
   flows map         the data-flow map per device: allowed vs observed flows, PHI marked, as DOT
-                    or SVG (--device ID, --since 24h|TIME, --format dot|svg, --out FILE)
+                    or SVG (--device ID, --since T, --format dot|svg, --out FILE)
   audit verify      check the audit log's hash chain; exit 1 naming the first bad line (--json)
   audit show        print the audit records (--json)
   console keygen    make a console's Ed25519 key pair (--out DIR [--id NAME])
@@ -47,7 +47,7 @@ options:
   --state-dir DIR   override the gateway file's stateDir
   --backend B       auto (default), nft, or dry-run (writes the ruleset to a file, enforces nothing)
   --netns NAME      drive nftables inside network namespace NAME
-  --since T         learn, diff --observed: flows since an ISO 8601 time or for the last 90m, 24h, 7d, 2w
+  --since T         learn, diff --observed, flows map: flows since an ISO 8601 time or for the last 90m, 24h, 7d, 2w
   --file PATH       audit: a log file anywhere instead of <stateDir>/audit/audit.ndjson
   --config PATH     broker: its broker.yaml (listen, tls, usersFile, allowAnonymous, site, consoles)
 `;

@@ -11,7 +11,7 @@ import type { LoadedConfig } from '../config/load.js';
 import type { Direction, Model, PortRange, ResolvedDevice, ResolvedEntry } from '../policy/model.js';
 import { formatAddress, formatRange, inRange, parseAddress, parsePrefix, type AddrRange, type Family } from '../policy/net.js';
 import { APP_PORTS, type Verdict } from './flows.js';
-import type { ObservedFlow } from './read.js';
+import type { LoggedFlow } from './read.js';
 
 /** Application protocols that carry patient data (ePHI) on these devices. */
 export const PHI_APPS: ReadonlySet<string> = new Set(['DICOM', 'HL7']);
@@ -206,7 +206,7 @@ export class FlowMapBuilder {
     }
   }
 
-  add(flow: ObservedFlow): void {
+  add(flow: LoggedFlow): void {
     const s = this.stats;
     s.records++;
     const t = Date.parse(flow.time);
@@ -269,7 +269,7 @@ export class FlowMapBuilder {
    * one the record names, or the first by name); else the smallest CIDR peer of an allow entry
    * that holds it; else its own address.
    */
-  private peerNode(flow: ObservedFlow, family: Family, value: bigint): string {
+  private peerNode(flow: LoggedFlow, family: Family, value: bigint): string {
     const device = this.byAddress.get(`${family}:${value}`);
     if (device) {
       if (!this.shown.includes(device)) this.contextDevices.add(device.id);
@@ -444,7 +444,7 @@ function entryPeerNode(e: ResolvedEntry): string {
  * ICMP: the record does not keep the ICMP type, and the ruleset allows only echo requests, so an
  * ICMP flow counts as covered when an icmp entry covers its peer and the log recorded it allowed.
  */
-function covering(device: ResolvedDevice, flow: ObservedFlow, family: Family, peer: bigint): ResolvedEntry | undefined {
+function covering(device: ResolvedDevice, flow: LoggedFlow, family: Family, peer: bigint): ResolvedEntry | undefined {
   return device.entries.find((e) => {
     if (e.direction !== flow.direction) return false;
     if (!e.peers.some((r) => inRange(r, family, peer))) return false;

@@ -84,7 +84,7 @@ describe('wardgate policy learn', () => {
     writeFlows();
     const r = await wardgate('policy', 'learn', '--device', 'pump-01');
     expect(r.code, r.err).toBe(0);
-    expect(r.err).toContain('warning: skipped 1 line of the flow log that is not a flow record');
+    expect(r.err).toContain('warning: skipped 1 line of the flow log that is not a well-formed record');
     expect(r.err).toMatch(/^not proposed \(denied by the ruleset\): inbound tcp 10\.10\.9\.66 port 22: 1 flow \(denied 1\)/m);
     expect(r.out).toMatch(/^ {4}# Proposed by wardgate policy learn at \S+ from 4 flows$/m);
     expect(r.out).toContain('      - peer: biomed\n        direction: inbound\n        proto: icmp\n');
@@ -145,7 +145,9 @@ describe('wardgate policy learn', () => {
     writeFlows();
     expect(await wardgate('policy', 'learn')).toMatchObject({ code: 2, err: 'wardgate: policy learn needs --device ID' });
     expect(await wardgate('policy', 'learn', '--device', 'mri-01')).toMatchObject({ code: 2, err: 'wardgate: unknown device "mri-01" (devices: ct-01, pump-01)' });
-    expect(await wardgate('policy', 'learn', '--device', 'pump-01', '--since', 'yesterday')).toMatchObject({ code: 2, err: expect.stringContaining('--since takes an ISO 8601 time') as string });
+    const since = 'wardgate: --since takes an age back from now (90m, 24h, 7d, 2w; units s, m, h, d, w) or an ISO 8601 time (2030-01-31, 2030-01-31T08:00Z), not "yesterday"';
+    expect(await wardgate('policy', 'learn', '--device', 'pump-01', '--since', 'yesterday')).toMatchObject({ code: 2, err: since });
+    expect(await wardgate('policy', 'diff', '--observed', '--since', 'yesterday')).toMatchObject({ code: 2, err: since, out: '' });
     expect((await wardgate('policy', 'diff', '--observed', '--device', 'mri-01')).code).toBe(2);
     writeFileSync(join(dir, 'rules', 'ct.yaml'), CT.replace('peer: pacs, direction: outbound', 'peer: pacs, direction: sideways'));
     const bad = await wardgate('policy', 'learn', '--device', 'pump-01', '--out', join(dir, 'rules', 'pump.yaml'));
@@ -160,7 +162,7 @@ describe('wardgate policy diff --observed', () => {
     writeFlows();
     const r = await wardgate('policy', 'diff', '--observed');
     expect(r.code).toBe(1);
-    expect(r.err).toBe('warning: skipped 1 line of the flow log that is not a flow record');
+    expect(r.err).toBe('warning: skipped 1 line of the flow log that is not a well-formed record');
     expect(r.out.split('\n')).toEqual([
       `observed: 6 flows in ${join(dir, 'state', 'flows')} (2 files)`,
       'ct-01 (enforce): allow entries no observed flow used:',
@@ -182,7 +184,7 @@ describe('wardgate policy diff --observed', () => {
     const j = JSON.parse(r.out) as { since: string; records: number; skippedLines: number; files: string[]; unlisted: string[]; devices: { device: string; mode: string; flows: number; uncovered: { peer: string; port: number; verdicts: object }[]; unused: { id: string; file: string; line: number; ports: string[] }[] }[] };
     expect(j).toMatchObject({ records: 3, skippedLines: 1, unlisted: [] });
     expect(Math.abs(Date.parse(j.since) - (NOW - 2 * HOUR))).toBeLessThan(60_000);
-    expect(j.files.map((f) => f.slice(dir.length + 1))).toEqual(['state/flows/flows.ndjson', 'state/flows/flows.ndjson.1']);
+    expect(j.files.map((f) => f.slice(dir.length + 1))).toEqual(['state/flows/flows.ndjson.1', 'state/flows/flows.ndjson']);
     expect(j.devices.map((d) => [d.device, d.mode, d.flows])).toEqual([['ct-01', 'enforce', 1], ['pump-01', 'monitor', 2]]);
     expect(j.devices[0]!.unused.map((e) => [e.id, e.file, e.line, e.ports])).toEqual([
       ['ct-01/allow[1]', 'rules/ct.yaml', 12, ['4242']],

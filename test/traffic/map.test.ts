@@ -9,14 +9,13 @@ import { join } from 'node:path';
 import fc from 'fast-check';
 import { afterAll, beforeAll, describe, expect, expectTypeOf, it } from 'vitest';
 import { main } from '../../agent/cli/main.js';
-import { parseSince } from '../../agent/cli/flows.js';
 import { loadConfig } from '../../agent/config/load.js';
 import { APPS } from '../../agent/config/schema.js';
 import { buildModel } from '../../agent/policy/model.js';
 import { dotString, GraphvizMissingError, renderDot, renderSvg } from '../../agent/traffic/dot.js';
 import { APP_PORTS, type App, type FlowRecord } from '../../agent/traffic/flows.js';
 import { FlowMapBuilder, mapInput, type FlowMap, type MapEdge, type MapInput, type MapOptions } from '../../agent/traffic/map.js';
-import type { ObservedFlow } from '../../agent/traffic/read.js';
+import type { LoggedFlow } from '../../agent/traffic/read.js';
 import { CLI, gatewayYaml } from '../integration/site.js';
 import { FLOW_POLICIES } from './model.js';
 
@@ -68,7 +67,7 @@ function flow(over: Partial<FlowRecord> & Pick<FlowRecord, 'device' | 'peer' | '
   };
 }
 
-function build(records: readonly ObservedFlow[], opts: MapOptions = {}, using: MapInput = input): FlowMap {
+function build(records: readonly LoggedFlow[], opts: MapOptions = {}, using: MapInput = input): FlowMap {
   const b = new FlowMapBuilder(using, opts);
   for (const r of records) b.add(r);
   return b.build();
@@ -387,7 +386,7 @@ describe('wardgate flows map', () => {
     expect(`${r.out}\n`).toBe(renderDot(build(DAY)));
     expect(r.err).toContain('map: 2 device(s), 7 edge(s): 2 allowed and observed, 3 allowed never observed, 2 observed NOT allowed; 3 carry PHI');
     expect(r.err).toContain(`5 of 5 flow record(s) from 2 file(s) in ${site.flows}`);
-    expect(r.err).toContain('skipped 1 line(s) that are not flow records');
+    expect(r.err).toContain('warning: skipped 1 line of the flow log that is not a well-formed record');
   });
 
   it.skipIf(dotSkip !== undefined)('--device, --since and --out FILE.svg', async () => {
@@ -434,16 +433,6 @@ describe('wardgate flows map', () => {
     const a = await wardgate('flows', 'map', '--gateway', badApp.gateway);
     expect(a.code).toBe(3);
     expect(a.err).toMatch(/rules\/pump\.yaml:\d+:\d+: error: devices\[0\]\.allow\[0\]\.app: /);
-  });
-
-  it('--since takes an age or an ISO time', () => {
-    const now = new Date('2030-01-10T12:00:00Z');
-    expect(parseSince('90m', now).toISOString()).toBe('2030-01-10T10:30:00.000Z');
-    expect(parseSince('7d', now).toISOString()).toBe('2030-01-03T12:00:00.000Z');
-    expect(parseSince('2w', now).toISOString()).toBe('2029-12-27T12:00:00.000Z');
-    expect(parseSince('2030-01-01', now).toISOString()).toBe('2030-01-01T00:00:00.000Z');
-    expect(parseSince('2030-01-01T08:00+02:00', now).toISOString()).toBe('2030-01-01T06:00:00.000Z');
-    for (const bad of ['', '5', '5y', 'now', '2030-13-45', '2030-01-01T25:00Z']) expect(() => parseSince(bad, now), bad).toThrow(/--since/);
   });
 
   it('the built command: --format svg without dot on PATH fails naming the package, and DOT still works', () => {

@@ -1,11 +1,14 @@
 // Reading the flow log back (agent/traffic/read.ts): what the real writer (openFlowLog, with its
 // rotation) wrote comes back record for record, oldest file first; lines that are not flow
-// records are counted and skipped; a rotation while reading loses and repeats nothing.
-import { appendFileSync, mkdtempSync, readdirSync, renameSync, rmSync, writeFileSync } from 'node:fs';
+// records are counted and skipped; a rotation while reading, or while the files are being opened
+// (the real writer rotating in a process of its own), loses and repeats nothing.
+import { spawn, type ChildProcess } from 'node:child_process';
+import { appendFileSync, linkSync, mkdtempSync, readdirSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import type { FlowRecord } from '../../agent/traffic/flows.js';
+import { record } from './fixtures/record.js';
 import { openFlowLog } from '../../agent/traffic/log.js';
 import { flowLogFiles, readFlowLog, type FlowLine } from '../../agent/traffic/read.js';
 
@@ -15,31 +18,15 @@ const tmp = () => {
   dirs.push(d);
   return d;
 };
+const children: ChildProcess[] = [];
 afterEach(() => {
+  for (const c of children.splice(0)) if (c.exitCode === null && c.signalCode === null) c.kill('SIGKILL');
   for (const d of dirs.splice(0)) rmSync(d, { recursive: true, force: true });
 });
 
-const record = (i: number): FlowRecord => ({
-  time: new Date(1_900_000_000_000 + i * 1000).toISOString(),
-  start: null,
-  device: 'ct-01',
-  peer: i % 2 === 0 ? '10.10.1.10' : 'fd00:10::1:10',
-  peerGroup: 'pacs',
-  direction: 'inbound',
-  proto: 'tcp',
-  sport: 40000 + i,
-  dport: 104,
-  packets: 10,
-  bytes: 700 + i,
-  toDevice: { packets: 6, bytes: 400 },
-  fromDevice: { packets: 4, bytes: 300 + i },
-  accounted: true,
-  durationMs: i,
-  app: 'DICOM',
-  verdict: 'allowed',
-  entry: 'ct-01/allow[0]',
-  conntrackId: i,
-});
+const ROOT = join(import.meta.dirname, '..', '..');
+const WRITER = join(import.meta.dirname, 'fixtures', 'flow-writer.ts');
+
 
 async function readAll(dir: string): Promise<{ flows: FlowLine[]; stats: Awaited<ReturnType<typeof readFlowLog>> }> {
   const flows: FlowLine[] = [];
@@ -56,7 +43,8 @@ describe('reading the flow log', () => {
     log.close();
     expect(log.file.rotations).toBeGreaterThan(5);
     const { flows, stats } = await readAll(dir);
-    expect(stats).toEqual({ files: log.file.rotations + 1, lines: n, records: n, bad: 0, other: 0 });
+    expect(stats).toEqual({ files: flowLogFiles(dir), lines: n, records: n, bad: 0, other: 0 });
+    expect(stats.files).toHaveLength(log.file.rotations + 1);
     expect(flows).toEqual(Array.from({ length: n }, (_, i) => ({ kind: 'flow', ...record(i) })));
   });
 
@@ -75,6 +63,7 @@ describe('reading the flow log', () => {
       delete r[field];
       return JSON.stringify({ kind: 'flow', ...r });
     };
+    const bad = (over: Record<string, unknown>) => JSON.stringify({ ...JSON.parse(good), ...over });
     writeFileSync(
       join(dir, 'flows.ndjson'),
       [
@@ -84,18 +73,52 @@ describe('reading the flow log', () => {
         good.slice(0, 40), // torn by a power cut
         without('device'),
         without('dport'),
-        JSON.stringify({ ...JSON.parse(good), peer: 'pacs' }), // not an address
-        JSON.stringify({ ...JSON.parse(good), verdict: 'maybe' }),
-        JSON.stringify({ ...JSON.parse(good), time: 'yesterday' }),
+        without('start'),
+        bad({ peer: 'pacs' }), // not an address
+        bad({ verdict: 'maybe' }),
+        bad({ direction: 'sideways' }),
+        bad({ dport: 70000 }),
+        bad({ time: 'yesterday' }),
+        bad({ start: 'soon' }),
+        bad({ packets: -1 }),
         JSON.stringify({ kind: 'event', name: 'device-lost' }),
+        bad({ kind: 'denied' }), // a whole record, of another kind
         JSON.stringify({ ...JSON.parse(good), extra: { future: true } }), // a field added later: fine
         '[1,2]',
+        '42',
         'null',
       ].join('\n'),
     );
     const { flows, stats } = await readAll(dir);
-    expect(stats).toEqual({ files: 1, lines: 12, records: 2, bad: 9, other: 1 });
+    expect(stats).toEqual({ files: [join(dir, 'flows.ndjson')], lines: 19, records: 2, bad: 15, other: 2 });
     expect(flows.map((f) => [f.sport, f.extra])).toEqual([[40001, undefined], [40001, { future: true }]]);
+  });
+
+  it('reads a file under two names once, by the newer name', async () => {
+    const dir = tmp();
+    writeFileSync(join(dir, 'flows.ndjson'), [record(1), record(2)].map((r) => `${JSON.stringify({ kind: 'flow', ...r })}\n`).join(''));
+    linkSync(join(dir, 'flows.ndjson'), join(dir, 'flows.ndjson.1'));
+    const { flows, stats } = await readAll(dir);
+    expect(stats).toMatchObject({ files: [join(dir, 'flows.ndjson')], records: 2 });
+    expect(flows.map((f) => f.sport)).toEqual([40001, 40002]);
+  });
+
+  it('a missing flow directory is an empty log, not an error', async () => {
+    expect(await readAll(join(tmp(), 'nowhere'))).toEqual({ flows: [], stats: { files: [], lines: 0, records: 0, bad: 0, other: 0 } });
+  });
+
+  it('closes every file when the callback throws', async () => {
+    const dir = tmp();
+    const log = openFlowLog({ path: join(dir, 'flows.ndjson'), maxBytes: 1024, files: 6 });
+    for (let i = 0; i < 10; i++) log.write(record(i));
+    log.close();
+    expect(flowLogFiles(dir).length).toBeGreaterThan(3);
+    const open = () => readdirSync('/proc/self/fd').length;
+    const before = open();
+    await expect(readFlowLog(dir, () => {
+      throw new Error('stop');
+    })).rejects.toThrow('stop');
+    expect(open()).toBe(before);
   });
 
   it('a rotation while reading neither loses nor repeats a line', async () => {
@@ -120,4 +143,51 @@ describe('reading the flow log', () => {
     expect(readdirSync(dir).sort()).toEqual(['flows.ndjson', 'flows.ndjson.1', 'flows.ndjson.2']);
     expect(seen).toEqual(Array.from({ length: 150 }, (_, i) => i));
   });
+
+  it('rotations by a running writer while the files are opened: every read holds each record once, from the first', async () => {
+    // A line about every millisecond, some 8 to a file of 3000 bytes: a rotation every ~9 ms, while
+    // listing, opening and checking the ~190 files the log grows to takes a good part of that, so
+    // many reads begin across a rotation. 300 files: more than the run makes, so nothing is
+    // dropped and every read must start at record 0. Opening the files in listing order without
+    // the check misses a file; newest first without it misses the oldest (both fail here).
+    const dir = tmp();
+    const path = join(dir, 'flows.ndjson');
+    const count = 1500;
+    const writer = spawn(process.execPath, ['--import', 'tsx', WRITER, path, '3000', '300', String(count), '1'], { cwd: ROOT, stdio: ['ignore', 'ignore', 'pipe'] });
+    children.push(writer);
+    let stderr = '';
+    writer.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
+    const exited = new Promise<number | null>((r) => writer.once('exit', (code) => r(code)));
+    let done = false;
+    void exited.then(() => (done = true));
+
+    const check = async (): Promise<number> => {
+      const seqs: number[] = [];
+      const stats = await readFlowLog(dir, (f) => seqs.push(Number(f.conntrackId)));
+      // A line the writer is writing at that moment may be read in part: the last line, at most.
+      expect(stats.bad).toBeLessThanOrEqual(1);
+      const expected = Array.from({ length: seqs.length }, (_, i) => i);
+      if (seqs.some((s, i) => s !== i)) expect(seqs, `read ${stats.files.length} files`).toEqual(expected);
+      return seqs.length;
+    };
+    let reads = 0;
+    let rotatedReads = 0;
+    let last = 0;
+    // The writer takes a moment to start (tsx).
+    while (!done && flowLogFiles(dir).length === 0) await new Promise((r) => setTimeout(r, 10));
+    while (!done) {
+      // A read of little I/O may not give the writer's exit event a turn: give it one.
+      await new Promise((r) => setImmediate(r));
+      const files = flowLogFiles(dir).length;
+      const n = await check();
+      expect(n).toBeGreaterThanOrEqual(last);
+      last = n;
+      reads++;
+      if (files > 1) rotatedReads++;
+    }
+    expect(await exited, stderr).toBe(0);
+    expect(rotatedReads, `${reads} reads`).toBeGreaterThan(10);
+    expect(await check()).toBe(count);
+    expect(flowLogFiles(dir).length).toBeGreaterThan(50);
+  }, 60000);
 });
