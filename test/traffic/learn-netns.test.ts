@@ -15,7 +15,7 @@ import { join } from 'node:path';
 import fc from 'fast-check';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { readObserved } from '../../agent/traffic/observed.js';
-import { canRoot, destroyAll, Lab, PUMP, removeStale, skipReason, sleep, until, v4, v6, warnSkip, type HostName } from '../integration/site.js';
+import { canRoot, destroyAll, Lab, PUMP, removeStale, skipReason, sleep, stopAgent, until, v4, v6, warnSkip, type HostName } from '../integration/site.js';
 import { FLOW_POLICIES } from './model.js';
 
 const conntrackSkip: string | undefined = (() => {
@@ -114,10 +114,7 @@ describe.skipIf(conntrackSkip !== undefined)('learning from monitored traffic, t
 
   afterAll(async () => {
     try {
-      if (agent && agent.child.exitCode === null) {
-        agent.child.kill('SIGTERM');
-        await Promise.race([agent.exited, sleep(5000)]);
-      }
+      await stopAgent(agent);
     } finally {
       await destroyAll(labs);
     }
