@@ -2,6 +2,7 @@
 // defaults and (through z.toJSONSchema) the JSON Schema that editors use.
 import { z } from 'zod';
 import { familyOf, parsePrefix } from '../policy/net.js';
+import { BackupStoreSchema } from '../backup/schema-store.js';
 
 export const API_VERSION = 'wardgate/v1';
 
@@ -277,6 +278,7 @@ export const GatewaySchema = z
     commands: CommandsSchema.default(CommandsSchema.parse({})),
     traffic: TrafficSchema.default(TrafficSchema.parse({})).describe('The flow log and its summaries (issue 4)'),
     siem: SiemSchema.optional().describe('Export of events to a SIEM'),
+    backup: BackupStoreSchema.default(BackupStoreSchema.parse({})).describe('The configuration backup store: data key, budget, retention (docs/backups.md)'),
   })
   .strict();
 export type GatewayConfig = z.infer<typeof GatewaySchema>;
