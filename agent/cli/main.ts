@@ -32,6 +32,10 @@ usage: wardgate <command> [options]
                     or SVG (--device ID, --since T, --format dot|svg, --out FILE)
   audit verify      check the audit log's hash chain; exit 1 naming the first bad line (--json)
   audit show        print the audit records (--json)
+  backup keygen     make the backup data key and the gateway's signing key if absent (never overwrites)
+  backup list       the stored versions (backup list [DEVICE] [--json]), signatures checked
+  backup export     a signed bundle of a device's versions: backup export DEVICE [--version V] --out FILE
+  backup verify     check a bundle anywhere: backup verify BUNDLE --pubkey FILE [--key DATAKEY] [--json]
   console keygen    make a console's Ed25519 key pair (--out DIR [--id NAME])
   console cmd       send a signed command: console cmd SITE/GATEWAY NAME [k=v ...] --url U --key F
   console watch     live table of a site's gateways and devices (--url U --site S [--once])
@@ -87,6 +91,8 @@ export async function main(argv: string[], io: Io = processIo): Promise<number> 
         since: { type: 'string' },
         format: { type: 'string' },
         observed: { type: 'boolean' },
+        pubkey: { type: 'string' },
+        version: { type: 'string' },
         help: { type: 'boolean', short: 'h' },
       },
     });
@@ -140,6 +146,10 @@ export async function main(argv: string[], io: Io = processIo): Promise<number> 
           ...(v.format !== undefined ? { format: v.format } : {}),
           ...(v.out !== undefined ? { out: v.out } : {}),
         }, io);
+      }
+      case 'backup': {
+        const { backupCommand } = await import('./backup.js');
+        return await backupCommand(sub, positionals.slice(2), { ...global, json: v.json, out: v.out, version: v.version, pubkey: v.pubkey, key: v.key }, io);
       }
       case 'console': {
         const { consoleCommand } = await import('./console.js');
