@@ -8,8 +8,10 @@
 // traffic run, default 3), WARDGATE_BENCH_EVENTS (outbox events per run, default 5000),
 // WARDGATE_BENCH_BROKER (outbox: mosquitto or aedes; default mosquitto when installed),
 // WARDGATE_BENCH_RSS_SECONDS (rss: seconds each agent runs, default 25),
-// WARDGATE_BENCH_RATES (flows: the ladder of new flows/s, default 1000,2000,4000,8000,16000).
+// WARDGATE_BENCH_RATES (flows: the ladder of new flows/s, default 1000,2000,4000,8000,16000),
+// WARDGATE_BENCH_CONFIGS (backup: 1 MiB configurations per run, default 30).
 import { apply } from './apply.js';
+import { backup } from './backup.js';
 import { flows } from './flows.js';
 import { commandMissing, removeStale, rootSkipReason } from './lib.js';
 import { outbox } from './outbox.js';
@@ -32,6 +34,7 @@ const BENCHES: Bench[] = [
   { name: 'udp', what: 'packet rate of one-way UDP, every packet classified, through 10,000 entries', root: true, run: udp },
   { name: 'flows', what: 'flow records/s of the agent\'s traffic pipeline against conntrack -E alone, and its CPU per 1,000 flows', root: true, needs: ['conntrack', 'tcpdump'], run: flows },
   { name: 'outbox', what: 'events/s persisted in the outbox and delivered at QoS 1 by the link, against plain mqtt.js QoS 1', root: false, run: outbox },
+  { name: 'backup', what: 'backup store throughput for 1 MB configurations (encrypt, sign, write) against a plain copy plus SHA-256', root: false, run: backup },
   { name: 'rss', what: 'resident memory of `wardgate run` probing 50 devices, against the same agent with none', root: false, run: rss },
 ];
 

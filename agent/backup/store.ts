@@ -188,15 +188,23 @@ export class BackupStore {
     return undefined;
   }
 
-  /** When a fetch last found the configuration unchanged (or wrote a new version). */
+  /**
+   * When a fetch last succeeded: the later of the newest version's time and the last time a
+   * fetch found it unchanged (checked.json, written only then, to spare a write per version).
+   */
   lastChecked(device: string): Checked | undefined {
+    const latest = this.latest(device);
+    const fromLatest = latest ? { time: latest.time, version: latest.version, plaintextSha256: latest.plaintext.sha256 } : undefined;
     const text = readIfExists(join(this.deviceDir(device), 'checked.json'));
-    if (text === undefined) return undefined;
+    let checked: Checked | undefined;
     try {
-      return JSON.parse(text) as Checked;
+      checked = text === undefined ? undefined : (JSON.parse(text) as Checked);
     } catch {
-      return undefined;
+      checked = undefined;
     }
+    if (checked === undefined || typeof checked.time !== 'string') return fromLatest;
+    if (fromLatest === undefined) return checked;
+    return checked.time > fromLatest.time ? checked : fromLatest;
   }
 
   /** A version's encrypted blob, its SHA-256 checked against the (verified) manifest. */
@@ -311,7 +319,6 @@ export class BackupStore {
     };
     const signed = signManifest(manifest, privateKey);
     writeFileAtomic(this.manifestPath(device, version), manifestFileText(signed), { mode: 0o640 });
-    this.#writeChecked(device, { time: manifest.time, version, plaintextSha256: plainSha });
     return { manifest: signed, unchanged: false, blobReused };
   }
 
