@@ -7,7 +7,7 @@ import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { exportBundle, readBundle, verifyBundle } from '../../agent/backup/bundle.js';
 import { BackupStoreError, BackupVerifyError } from '../../agent/backup/errors.js';
 import { FileKeyProvider, loadGatewayKey, parseGatewayPublicKey, publicKeyPem, readGatewayPublicKey, gatewayKeyPaths } from '../../agent/backup/keys.js';
-import { flip, makeStore, text, type TestStore } from './helpers.js';
+import { flip, makeStore, text, type TestStore } from './store-helpers.js';
 
 let t: TestStore;
 let out = '';

@@ -7,7 +7,7 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { FileKeyProvider, loadGatewayKey } from '../../agent/backup/keys.js';
 import { BackupStore } from '../../agent/backup/store.js';
-import { flip, text } from './helpers.js';
+import { flip, text } from './store-helpers.js';
 
 const CLI = join(import.meta.dirname, '..', '..', 'bin', 'wardgate.js');
 let dir = '';

@@ -9,7 +9,7 @@ import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { decryptBlob, encryptBlob, sha256 } from '../../agent/backup/blob.js';
 import { BackupKeyError, BackupVerifyError } from '../../agent/backup/errors.js';
 import { createDataKeyFile, dataKeyId, ensureGatewayKey, FileKeyProvider, gatewayKeyPaths, loadGatewayKey, parseGatewayPublicKey, readGatewayPublicKey } from '../../agent/backup/keys.js';
-import { flip } from './helpers.js';
+import { flip } from './store-helpers.js';
 
 let dir = '';
 beforeEach(() => {

@@ -11,7 +11,7 @@ import { BackupStoreError, BackupVerifyError } from '../../agent/backup/errors.j
 import { BufferKeyProvider, loadGatewayKey, parseGatewayPublicKey, publicKeyPem } from '../../agent/backup/keys.js';
 import { manifestFileText, parseManifest, signManifest } from '../../agent/backup/manifest.js';
 import { BackupStore } from '../../agent/backup/store.js';
-import { flip, makeStore, text, type TestStore } from './helpers.js';
+import { flip, makeStore, text, type TestStore } from './store-helpers.js';
 
 const ROOT = join(dirname(fileURLToPath(import.meta.url)), '..', '..');
 const CHILD = join(ROOT, 'test', 'backup', 'fixtures', 'writer-child.ts');
