@@ -5,8 +5,8 @@
 import { execFile, execFileSync } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
 import { readFileSync, writeFileSync } from 'node:fs';
-import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:https';
-import { createServer as createHttpServer } from 'node:http';
+import { createServer, type Server } from 'node:https';
+import { createServer as createHttpServer, type IncomingMessage, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { join } from 'node:path';
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
@@ -51,7 +51,7 @@ describe.skipIf(skip !== undefined)('http driver against an HTTPS device', () =>
   let server: Server;
   let port: number;
   let fingerprint: string;
-  let stored = Buffer.from(CONFIG);
+  let stored: Buffer = Buffer.from(CONFIG);
   let seen: Seen[] = [];
   const nonces = new Set<string>();
   const ctx = { baseDir: dir.path };
@@ -195,7 +195,7 @@ describe.skipIf(skip !== undefined)('http driver against an HTTPS device', () =>
   });
 
   it('restores by PUT (with digest auth too), and has no restore unless configured', async () => {
-    expect(drv({}).restore).toBeUndefined();
+    expect('restore' in drv({})).toBe(false);
     const next = Buffer.from('hostname=ct-01\nmodality=CT\naet=CT02\n');
     await drv({ restore: { method: 'PUT' } }).restore!(next, never);
     expect(stored.equals(next)).toBe(true);
