@@ -2,6 +2,7 @@
 // defaults and (through z.toJSONSchema) the JSON Schema that editors use.
 import { z } from 'zod';
 import { familyOf, parsePrefix } from '../policy/net.js';
+import { BackupDeviceSchema } from '../backup/schema.js';
 import { BackupStoreSchema } from '../backup/schema-store.js';
 
 export const API_VERSION = 'wardgate/v1';
@@ -379,6 +380,7 @@ export const DeviceSchema = z
       .max(30 * 86400)
       .optional()
       .describe('Raise device.silent when no traffic of the device is seen for this long (default: traffic.detections.silentAfterSeconds)'),
+    backup: BackupDeviceSchema.optional().describe('How the device\'s configuration is backed up (docs/backup-drivers.md)'),
   })
   .strict()
   .transform((d) => ({ ...d, failMode: d.failMode ?? (d.criticality === 'life-critical' ? 'open' : 'closed') }));
