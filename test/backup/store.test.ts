@@ -11,6 +11,8 @@ import { BackupStoreError, BackupVerifyError } from '../../agent/backup/errors.j
 import { BufferKeyProvider, loadGatewayKey, parseGatewayPublicKey, publicKeyPem } from '../../agent/backup/keys.js';
 import { manifestFileText, parseManifest, signManifest } from '../../agent/backup/manifest.js';
 import { BackupStore } from '../../agent/backup/store.js';
+import { createDriver } from '../../agent/backup/drivers/index.js';
+import { DriverSchema } from '../../agent/backup/schema.js';
 import { flip, makeStore, text, type TestStore } from './store-helpers.js';
 
 const ROOT = join(dirname(fileURLToPath(import.meta.url)), '..', '..');
@@ -114,6 +116,18 @@ describe('round trip', () => {
     const ms = t.store.list('ct-1').manifests;
     for (const m of ms.slice(1)) expect(m.previous?.version).toBe(m.version - 1);
     expect((await t.store.verify()).ok).toBe(true);
+  });
+});
+
+describe('with a real driver', () => {
+  it('what the command driver fetches is stored and comes back byte for byte', async () => {
+    const cfg = DriverSchema.parse({ type: 'command', argv: ['/bin/sh', '-c', 'printf "unit 1\\nsetpoint 370\\n"'] });
+    const driver = createDriver({ id: 'pump-1' }, cfg, { baseDir: t.dir });
+    const fetched = await driver.fetch(AbortSignal.timeout(10000));
+    const r = await t.store.put('pump-1', driver.type, fetched);
+    expect(r.manifest).toMatchObject({ driver: 'command', format: fetched.format, source: fetched.source });
+    expect((await t.store.get('pump-1')).bytes.toString()).toBe('unit 1\nsetpoint 370\n');
+    expect((await t.store.put('pump-1', driver.type, await driver.fetch(AbortSignal.timeout(10000)))).unchanged).toBe(true);
   });
 });
 
