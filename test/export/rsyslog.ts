@@ -140,8 +140,10 @@ export async function startRsyslog(opts: RsyslogOptions): Promise<Rsyslog> {
     });
   const read = (): Received[] => {
     if (!existsSync(out)) return [];
-    return readFileSync(out, 'utf8')
-      .split('\n')
+    const lines = readFileSync(out, 'utf8').split('\n');
+    // rsyslog may be writing the last line as we read: only whole lines count.
+    lines.pop();
+    return lines
       .filter((l) => l !== '')
       .map((l) => {
         const r = JSON.parse(l) as Omit<Received, 'parsed'> & { parsed: string };
