@@ -7,7 +7,7 @@ import { userInfo } from 'node:os';
 import { join, resolve } from 'node:path';
 import { openAuditLog } from '../audit/log.js';
 import type { AuditRecord } from '../audit/types.js';
-import { readBaseline, writeBaseline } from '../backup/baseline.js';
+import { baselineManifest, readBaseline, writeBaseline } from '../backup/baseline.js';
 import { compareConfigs, type Drift } from '../backup/drift.js';
 import { BackupDriverError, createDeviceDriver, createDriver, MAX_CONFIG_BYTES, parseModbusDocument } from '../backup/drivers/index.js';
 import { BackupStoreError } from '../backup/errors.js';
@@ -160,6 +160,8 @@ async function restore(args: string[], opts: DeviceCommandOptions, io: Io): Prom
   // Under the device's lock: no version is written or approved while the device is being restored.
   return store.withDeviceLock(device, async () => {
     const baseline = readBaseline(store, device);
+    // The approved version is restored only if its manifest is still the one that was approved.
+    if (asked === undefined && baseline !== undefined) baselineManifest(store, device, baseline);
     const version = asked ?? baseline?.version;
     const { manifest, bytes } = await store.get(device, version);
     io.out(`${device}: restoring version ${manifest.version} (${manifest.time}, sha256 ${manifest.plaintext.sha256.slice(0, 16)})${asked === undefined ? (baseline !== undefined ? ', the approved baseline' : ', the newest (no approved baseline)') : ''}`);

@@ -152,4 +152,22 @@ describe('BackupService', () => {
     expect(t.store.versions('mon-1')).toEqual([2, 4]);
     expect(h.events.filter((e) => e.kind === 'config.drift').map((e) => e.data?.baseline)).toEqual([1, 2, 2]);
   });
+
+  it('does not compare against a baseline whose manifest is not the approved one, and says so', async () => {
+    t = makeStore();
+    const conf = join(t.dir, 'device.conf');
+    writeFileSync(conf, 'v=1\n');
+    const h = harness([target('mon-1', t.dir, { driver: { type: 'command', argv: ['cat', 'device.conf'] } })]);
+    h.service.start();
+    await h.service.runNow('mon-1');
+    const file = join(t.store.deviceDir('mon-1'), 'baseline.json');
+    const b = JSON.parse(readFileSync(file, 'utf8')) as { manifestSha256: string };
+    writeFileSync(file, JSON.stringify({ ...b, manifestSha256: 'f'.repeat(64) }));
+    writeFileSync(conf, 'v=2\n');
+    await h.service.runNow('mon-1');
+    const drift = h.events.find((e) => e.kind === 'config.drift')!;
+    expect(drift.data).toMatchObject({ version: 2, baseline: 1 });
+    expect(drift.data?.error).toMatch(/approved baseline \(version 1\) cannot be read: .*not the manifest that was approved as mon-1's baseline/);
+    expect(drift.data?.registers ?? drift.data?.lines).toBeUndefined();
+  });
 });
