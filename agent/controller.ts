@@ -8,6 +8,7 @@ import { dirname, join, resolve } from 'node:path';
 import type { Logger } from 'pino';
 import { resolveBoard } from '../hardware/boards/index.js';
 import { openAuditLog, type AuditLog } from './audit/log.js';
+import { backupModule, backupTargetsOf } from './backup/module.js';
 import { createSyslogSink, type SyslogSink } from './export/syslog.js';
 import { chooseBackend, gatewayOnly, loadAndCompile, manager, type GlobalOptions } from './cli/context.js';
 import type { Io } from './cli/io.js';
@@ -326,6 +327,14 @@ export class Controller {
           site: this.config.site,
           gateway: this.config.gateway,
         }),
+      );
+    }
+
+    // Configuration backups, only when some device has a `backup:` block (docs/backups.md).
+    const backupTargets = backupTargetsOf(g.path);
+    if (backupTargets.length > 0) {
+      await this.startModule(
+        backupModule({ gatewayPath: g.path, config: g.config, stateDir: this.stateDir, targets: backupTargets, log: this.log, event: (s, k, m, x) => this.event(s, k, m, x) }),
       );
     }
 

@@ -268,6 +268,16 @@ export class BackupStore {
   }
 
   /**
+   * Runs `fn` holding the device's lock, in this process and across processes: for work that
+   * must not interleave with a put (an approval, a restore). `fn` must not call put or prune on
+   * the same device (the lock is not reentrant).
+   */
+  withDeviceLock<T>(device: string, fn: () => Promise<T>): Promise<T> {
+    this.deviceDir(device);
+    return this.#locked(device, fn);
+  }
+
+  /**
    * Stores a fetched configuration. The same bytes as the latest version write no new version
    * (checked.json records the check); bytes seen in an earlier version share its blob.
    * Retention and the budget are applied afterwards.

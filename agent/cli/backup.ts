@@ -1,10 +1,12 @@
-// `wardgate backup keygen | list | export | verify`. verify runs anywhere (a responder's laptop)
-// with only the gateway's public key; the others read the gateway's store. Exit codes: 0 ok,
-// 1 a check failed (each failure named), 2 usage, 3 configuration (keys).
+// `wardgate backup keygen | list | export | verify`, and now | import | approve | restore
+// (backup-device.ts). verify runs anywhere (a responder's laptop) with only the gateway's public
+// key; the others read the gateway's store. Exit codes: 0 ok, 1 a check, a fetch or a restore
+// failed (each failure named), 2 usage, 3 configuration (keys, policy files).
 import { lstatSync, readFileSync } from 'node:fs';
 import { hostname } from 'node:os';
 import { dirname, isAbsolute, join, resolve } from 'node:path';
 import { exportBundle, verifyBundle, type BundleReport } from '../backup/bundle.js';
+import { BackupDriverError } from '../backup/drivers/index.js';
 import { BackupKeyError, BackupStoreError, BackupVerifyError, formatProblem } from '../backup/errors.js';
 import { createDataKeyFile, dataKeyId, ensureGatewayKey, FileKeyProvider, gatewayKeyPaths, loadGatewayKey, parseDataKey, readGatewayPublicKey } from '../backup/keys.js';
 import { BackupStoreSchema, type BackupStoreConfig } from '../backup/schema-store.js';
@@ -18,6 +20,7 @@ export interface BackupOptions extends GlobalOptions {
   version?: string;
   pubkey?: string;
   key?: string;
+  yes?: boolean;
 }
 
 interface Ctx {
@@ -66,17 +69,24 @@ export async function backupCommand(sub: string | undefined, args: string[], opt
         return exportCmd(context(opts), args, opts, io);
       case 'verify':
         return await verify(args, opts, io);
+      case 'now':
+      case 'import':
+      case 'approve':
+      case 'restore': {
+        const { deviceBackupCommand } = await import('./backup-device.js');
+        return await deviceBackupCommand(sub, args, opts, io);
+      }
       case undefined:
-        throw new UsageError('backup needs a subcommand: keygen, list, export or verify');
+        throw new UsageError('backup needs a subcommand: keygen, list, export, verify, now, import, approve or restore');
       default:
-        throw new UsageError(`unknown backup command "${sub}" (keygen, list, export, verify)`);
+        throw new UsageError(`unknown backup command "${sub}" (keygen, list, export, verify, now, import, approve, restore)`);
     }
   } catch (err) {
     if (err instanceof BackupKeyError) {
       io.err(`wardgate: ${err.message}`);
       return 3;
     }
-    if (err instanceof BackupVerifyError || err instanceof BackupStoreError) {
+    if (err instanceof BackupVerifyError || err instanceof BackupStoreError || err instanceof BackupDriverError) {
       io.err(`wardgate: ${err.message}`);
       return 1;
     }

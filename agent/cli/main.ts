@@ -36,6 +36,11 @@ usage: wardgate <command> [options]
   backup list       the stored versions (backup list [DEVICE] [--json]), signatures checked
   backup export     a signed bundle of a device's versions: backup export DEVICE [--version V] --out FILE
   backup verify     check a bundle anywhere: backup verify BUNDLE --pubkey FILE [--key DATAKEY] [--json]
+  backup now        fetch a device's configuration once, store it, show its drift: backup now DEVICE [--json]
+  backup import     store a configuration file by hand: backup import DEVICE FILE
+  backup approve    make a version the approved baseline for drift: backup approve DEVICE [--version V]
+  backup restore    write a version back to the device (the baseline by default); shows the
+                    difference, writes only with --yes: backup restore DEVICE [--version V] [--yes]
   console keygen    make a console's Ed25519 key pair (--out DIR [--id NAME])
   console cmd       send a signed command: console cmd SITE/GATEWAY NAME [k=v ...] --url U --key F
   console watch     live table of a site's gateways and devices (--url U --site S [--once])
@@ -93,6 +98,7 @@ export async function main(argv: string[], io: Io = processIo): Promise<number> 
         observed: { type: 'boolean' },
         pubkey: { type: 'string' },
         version: { type: 'string' },
+        yes: { type: 'boolean' },
         help: { type: 'boolean', short: 'h' },
       },
     });
@@ -149,7 +155,7 @@ export async function main(argv: string[], io: Io = processIo): Promise<number> 
       }
       case 'backup': {
         const { backupCommand } = await import('./backup.js');
-        return await backupCommand(sub, positionals.slice(2), { ...global, json: v.json, out: v.out, version: v.version, pubkey: v.pubkey, key: v.key }, io);
+        return await backupCommand(sub, positionals.slice(2), { ...global, json: v.json, out: v.out, version: v.version, pubkey: v.pubkey, key: v.key, yes: v.yes }, io);
       }
       case 'console': {
         const { consoleCommand } = await import('./console.js');
