@@ -8,6 +8,7 @@ import { dirname, join, resolve } from 'node:path';
 import type { Logger } from 'pino';
 import { resolveBoard } from '../hardware/boards/index.js';
 import { openAuditLog, type AuditLog } from './audit/log.js';
+import { backupPullHandlers } from './backup/pull.js';
 import { createSyslogSink, type SyslogSink } from './export/syslog.js';
 import { chooseBackend, gatewayOnly, loadAndCompile, manager, type GlobalOptions } from './cli/context.js';
 import type { Io } from './cli/io.js';
@@ -179,6 +180,7 @@ export class Controller {
         return { change: pending.id, deadline: new Date(pending.deadline).toISOString(), policyHash: l.model.hash, notes };
       },
       'policy.confirm': async () => this.policy.confirm(),
+      ...backupPullHandlers({ stateDir: this.stateDir, gateway: `${this.config.site}/${this.config.gateway}`, config: this.config.backup }),
     };
   }
 
