@@ -138,33 +138,33 @@ export async function pullBundle(client: CommandClient, spec: PullSpec): Promise
   };
 
   const base = { device: spec.device, ...(spec.version !== undefined ? { version: spec.version } : {}), ...(spec.chunkSize !== undefined ? { chunkSize: spec.chunkSize } : {}) };
+  const keep = (result: PullResult, bytes: Buffer): void => {
+    expected = result.bundleSha256;
+    total = result.totalBytes;
+    last = result;
+    appendChunk(part, bytes);
+    hash.update(bytes);
+    offset += bytes.length;
+    spec.progress?.(offset, total);
+  };
+
   if (offset > 0) {
     // No fsync per chunk: a part file cut anywhere by a crash is still a prefix, and only a
     // prefix the gateway's bundle agrees with is kept.
-    let answer: { result: PullResult; bytes: Buffer } | undefined;
+    const mine = hash.copy().digest('hex');
     try {
-      answer = await fetch({ ...base, offset, prefixHash: true });
+      const { result, bytes } = await fetch({ ...base, offset, prefixHash: true });
+      if (result.prefixSha256 === mine) {
+        note(`resuming ${part} at byte ${offset} of ${result.totalBytes}`);
+        resumedAt = offset;
+        keep(result, bytes);
+      } else {
+        restart(`${part} (${offset} bytes) is not the start of the gateway's bundle ${result.bundleSha256.slice(0, 16)}… (rebuilt since, or another device or version)`);
+      }
     } catch (err) {
       // Longer than the gateway's bundle, say: a fresh pull says what is wrong, if anything still is.
       if (!(err instanceof ConsoleError) || err.code !== 'E_HANDLER_FAILED') throw err;
       restart(`${part} (${offset} bytes) cannot be resumed (${err.message})`);
-    }
-    const mine = hash.copy().digest('hex');
-    if (answer === undefined) {
-      // restarted above
-    } else if (answer.result.prefixSha256 !== mine) {
-      restart(`${part} (${offset} bytes) is not the start of the gateway's bundle ${answer.result.bundleSha256.slice(0, 16)}… (rebuilt since, or another device or version)`);
-    } else {
-      const { result, bytes } = answer;
-      note(`resuming ${part} at byte ${offset} of ${result.totalBytes}`);
-      resumedAt = offset;
-      expected = result.bundleSha256;
-      total = result.totalBytes;
-      last = result;
-      appendChunk(part, bytes);
-      hash.update(bytes);
-      offset += bytes.length;
-      spec.progress?.(offset, total);
     }
   }
 
@@ -174,13 +174,7 @@ export async function pullBundle(client: CommandClient, spec: PullSpec): Promise
       restart(`the gateway no longer has bundle ${expected.slice(0, 16)}… (it keeps one for a while after the last request)`);
       continue;
     }
-    expected = result.bundleSha256;
-    total = result.totalBytes;
-    last = result;
-    appendChunk(part, bytes);
-    hash.update(bytes);
-    offset += bytes.length;
-    spec.progress?.(offset, total);
+    keep(result, bytes);
   }
 
   const got = hash.digest('hex');

@@ -47,6 +47,8 @@ let gw: FakeGateway;
 /** What the stand-in gateway's backup.pull does instead of answering plainly, when set. */
 let intercept: ((args: Record<string, unknown>, run: () => Promise<PullResult>, n: number) => Promise<unknown>) | undefined;
 let pulls = 0;
+/** Added to the gateway's clock for its bundle cache: moves time past the cache's 15 minutes. */
+let skewMs = 0;
 
 beforeAll(async () => {
   broker = await startEmbeddedBroker({ host: '127.0.0.1', port: await freePort() });
@@ -59,7 +61,8 @@ beforeAll(async () => {
   await t.store.put('ct-1', 'file', { bytes: randomBytes(120_000), format: 'binary', source: 'sftp 10.20.0.31:/etc/ct.cfg' });
   await t.store.put('ct-1', 'file', { bytes: randomBytes(60_000), format: 'binary', source: 'sftp 10.20.0.31:/etc/ct.cfg' });
   await t.store.put('pump-1', 'command', text('rate 5\n', 'command pump-dump'));
-  const real = backupPullHandlers({ store: t.store, stateDir: t.stateDir, gateway: TARGET, config: BackupStoreSchema.parse({}) });
+  await t.store.put('mri-1', 'file', { bytes: randomBytes(50_000), format: 'binary', source: 'tftp 10.20.0.40:mri.cfg' });
+  const real = backupPullHandlers({ store: t.store, stateDir: t.stateDir, gateway: TARGET, config: BackupStoreSchema.parse({}), cache: { now: () => Date.now() + skewMs } });
   const pull: CommandHandler = (args, ctx) => {
     const n = ++pulls;
     const run = () => real['backup.pull']!(args, ctx) as Promise<PullResult>;
@@ -71,6 +74,7 @@ beforeAll(async () => {
 
 afterEach(() => {
   intercept = undefined;
+  skewMs = 0;
 });
 
 afterAll(async () => {
@@ -238,6 +242,39 @@ describe('wardgate console backup pull', () => {
     expect(r.err).toContain(`no answer for offset ${CHUNK} within 1 s; asking again`);
     expect(r.code).toBe(0);
     expect(readFileSync(out)).toEqual(reference);
+  });
+
+  it('a bundle the gateway no longer keeps (a new version came, the old bundle expired) makes the pull start again', async () => {
+    let count = 0;
+    intercept = async (_a, run) => {
+      if (++count === 3) {
+        await t.store.put('mri-1', 'file', { bytes: randomBytes(20_000), format: 'binary', source: 'tftp 10.20.0.40:mri.cfg' });
+        skewMs = 16 * 60_000;
+      }
+      return run();
+    };
+    const out = join(dir, 'mri-1.wgb');
+    const r = await consoleBackup(['pull', TARGET, 'mri-1'], { out, chunkSize: String(CHUNK), pubkey: pubFile });
+    expect(r.err).toMatch(/the gateway no longer has bundle [0-9a-f]{16}… \(it keeps one for a while after the last request\); starting again from byte 0/);
+    expect(r.code).toBe(0);
+    expect(r.out).toMatch(/mri-1 version\(s\) 1, 2, /);
+    expect(r.out).toMatch(/^verified with .*: 2 version\(s\) of mri-1/m);
+  });
+
+  it('a bundle signed by the right key but from another gateway is not trusted', async () => {
+    const other = makeStore({ gateway: 'st-other/gw-9' });
+    try {
+      await other.store.put('ct-1', 'file', text('ae CT9\n'));
+      const theirs = backupPullHandlers({ store: other.store, stateDir: other.stateDir, gateway: 'st-other/gw-9', config: BackupStoreSchema.parse({}) });
+      intercept = (args) => theirs['backup.pull']!(args, {} as never);
+      const out = join(dir, 'other.wgb');
+      const r = await consoleBackup(['pull', TARGET, 'ct-1'], { out, pubkey: gatewayKeyPaths(other.stateDir).publicKeyPath });
+      expect(r.code).toBe(1);
+      expect(r.err).toContain('FAILED the bundle is from st-other/gw-9, not st-test/gw-1');
+      expect(r.err).toMatch(/do not trust it: 1 problem\(s\)/);
+    } finally {
+      other.cleanup();
+    }
   });
 
   it('one version', async () => {
