@@ -9,6 +9,8 @@ import type { Logger } from 'pino';
 import { resolveBoard } from '../hardware/boards/index.js';
 import { openAuditLog, type AuditLog } from './audit/log.js';
 import { backupModule, backupTargetsOf } from './backup/module.js';
+import { backupPullHandlers } from './backup/pull.js';
+import { driftMessage } from './backup/run.js';
 import { createSyslogSink, type SyslogSink } from './export/syslog.js';
 import { chooseBackend, gatewayOnly, loadAndCompile, manager, type GlobalOptions } from './cli/context.js';
 import type { Io } from './cli/io.js';
@@ -52,6 +54,7 @@ export class Controller {
   private board: ReturnType<typeof resolveBoard> | undefined;
   private audit: AuditLog | undefined;
   private siem: SyslogSink | undefined;
+  private backup: ReturnType<typeof backupModule> | undefined;
 
   constructor(
     private readonly opts: GlobalOptions,
@@ -180,6 +183,26 @@ export class Controller {
         return { change: pending.id, deadline: new Date(pending.deadline).toISOString(), policyHash: l.model.hash, notes };
       },
       'policy.confirm': async () => this.policy.confirm(),
+      ...backupPullHandlers({ stateDir: this.stateDir, gateway: `${this.config.site}/${this.config.gateway}`, config: this.config.backup }),
+      // A backup run now, through the agent's own backup service (docs/backups.md).
+      'backup.now': async (args) => {
+        const device = args.device;
+        if (typeof device !== 'string' || device === '') throw new Error('backup.now needs { device: "<id>" }');
+        const service = this.backup?.service();
+        if (!service) throw new Error('the backup module is not running: no device has a backup: block, or its keys are missing (wardgate backup keygen)');
+        const r = await service.runNow(device);
+        if (!r.ok || !r.outcome) return { device, ok: false, error: r.error?.message ?? 'the run failed' };
+        const o = r.outcome;
+        return {
+          device,
+          ok: true,
+          version: o.manifest.version,
+          time: o.manifest.time,
+          unchanged: o.unchanged,
+          baselineSet: o.baselineSet,
+          drift: o.drift?.changed === true ? driftMessage(device, o) : null,
+        };
+      },
     };
   }
 
@@ -333,9 +356,8 @@ export class Controller {
     // Configuration backups, only when some device has a `backup:` block (docs/backups.md).
     const backupTargets = backupTargetsOf(g.path);
     if (backupTargets.length > 0) {
-      await this.startModule(
-        backupModule({ gatewayPath: g.path, config: g.config, stateDir: this.stateDir, targets: backupTargets, log: this.log, event: (s, k, m, x) => this.event(s, k, m, x) }),
-      );
+      this.backup = backupModule({ gatewayPath: g.path, config: g.config, stateDir: this.stateDir, targets: backupTargets, log: this.log, event: (s, k, m, x) => this.event(s, k, m, x) });
+      await this.startModule(this.backup);
     }
 
     const devices = new DeviceHealthModel({ devices: this.resolved.map(monitoredDevice) });

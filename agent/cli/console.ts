@@ -1,4 +1,4 @@
-// `wardgate console keygen | cmd | watch`: the console side, for an operator's laptop or a
+// `wardgate console keygen | cmd | watch | backup list | backup pull`: the console side, for an operator's laptop or a
 // responder at 3 a.m. (docs/commands.md). Exit codes: 0 done (the command succeeded); 1 the
 // gateway refused the command or it failed, no answer came, or the broker was unreachable;
 // 2 usage (thrown as UsageError, mapped by main).
@@ -38,12 +38,20 @@ export interface ConsoleOptions {
   signal?: AbortSignal;
   /** How long `watch --once` collects (ms, default 1000). */
   onceMs?: number;
+  /** backup pull: one version (all the gateway keeps by default) */
+  version?: string;
+  /** backup pull: the gateway's public key (gateway-ed25519.pub), to verify the bundle */
+  pubkey?: string;
+  /** backup pull: bytes per request */
+  chunkSize?: string;
 }
 
 const USAGE = `usage:
   wardgate console keygen --out DIR [--id NAME]
   wardgate console cmd <site>/<gateway> <name> [key=value | key:=json ...] --url URL --key FILE [--key-id ID] [--json]
-  wardgate console watch --url URL --site SITE [--once]`;
+  wardgate console watch --url URL --site SITE [--once]
+  wardgate console backup list <site>/<gateway> [DEVICE] --url URL --key FILE [--json]
+  wardgate console backup pull <site>/<gateway> DEVICE --out BUNDLE [--version V] [--pubkey FILE] [--chunk-size BYTES] --url URL --key FILE`;
 
 export async function consoleCommand(sub: string | undefined, positionals: string[], opts: ConsoleOptions, io: Io): Promise<number> {
   try {
@@ -54,6 +62,10 @@ export async function consoleCommand(sub: string | undefined, positionals: strin
         return await cmd(positionals, opts, io);
       case 'watch':
         return await watch(positionals, opts, io);
+      case 'backup': {
+        const { consoleBackup } = await import('./console-backup.js');
+        return await consoleBackup(positionals, opts, io);
+      }
       default:
         throw new UsageError(`unknown console command "${sub ?? ''}"\n${USAGE}`);
     }
@@ -86,14 +98,14 @@ function keygen(positionals: string[], opts: ConsoleOptions, io: Io): number {
   return 0;
 }
 
-function seconds(value: string | undefined, flag: string, dflt: number, max: number): number {
+export function seconds(value: string | undefined, flag: string, dflt: number, max: number): number {
   if (value === undefined) return dflt;
   const n = Number(value);
   if (!Number.isFinite(n) || n <= 0 || n > max) throw new UsageError(`${flag} takes seconds, more than 0 and at most ${max}`);
   return n;
 }
 
-function connectOptions(opts: ConsoleOptions): ConnectOptions {
+export function connectOptions(opts: ConsoleOptions): ConnectOptions {
   let protocolVersion: 4 | 5 = 5;
   if (opts.protocol !== undefined) {
     if (opts.protocol !== '4' && opts.protocol !== '5') throw new UsageError('--protocol takes 4 (MQTT 3.1.1) or 5');
@@ -107,7 +119,7 @@ function connectOptions(opts: ConsoleOptions): ConnectOptions {
   return { protocolVersion, ...(Object.keys(tls).length > 0 ? { tls } : {}) };
 }
 
-function need(value: string | undefined, flag: string, what: string): string {
+export function need(value: string | undefined, flag: string, what: string): string {
   if (value === undefined || value === '') throw new UsageError(`console ${what} needs ${flag}\n${USAGE}`);
   return value;
 }
@@ -132,12 +144,17 @@ export function parseArgsList(items: string[]): Record<string, unknown> {
   return args;
 }
 
+/** `<site>/<gateway>` into its parts. */
+export function parseTarget(target: string | undefined, what: string): { site: string; gateway: string } {
+  const t = target === undefined ? null : /^([^/+#]+)\/([^/+#]+)$/.exec(target);
+  if (!t?.[1] || !t[2]) throw new UsageError(`console ${what} needs <site>/<gateway>\n${USAGE}`);
+  return { site: t[1], gateway: t[2] };
+}
+
 async function cmd(positionals: string[], opts: ConsoleOptions, io: Io): Promise<number> {
   const [target, name, ...rest] = positionals;
-  const t = target === undefined ? null : /^([^/+#]+)\/([^/+#]+)$/.exec(target);
-  if (!t?.[1] || !t[2]) throw new UsageError(`console cmd needs <site>/<gateway>\n${USAGE}`);
+  const { site, gateway } = parseTarget(target, 'cmd');
   if (name === undefined || !/^[^/+#]+$/.test(name)) throw new UsageError(`console cmd needs a command name\n${USAGE}`);
-  const [site, gateway] = [t[1], t[2]];
   const args = parseArgsList(rest);
   const url = need(opts.url, '--url URL', 'cmd');
   const keyFile = need(opts.key, '--key FILE', 'cmd');

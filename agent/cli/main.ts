@@ -44,6 +44,8 @@ usage: wardgate <command> [options]
   console keygen    make a console's Ed25519 key pair (--out DIR [--id NAME])
   console cmd       send a signed command: console cmd SITE/GATEWAY NAME [k=v ...] --url U --key F
   console watch     live table of a site's gateways and devices (--url U --site S [--once])
+  console backup    a gateway's backups over MQTT: console backup list SITE/GATEWAY [DEVICE],
+                    console backup pull SITE/GATEWAY DEVICE --out F [--version V] [--pubkey F]
   mqtt schemas      print the JSON Schema of every MQTT payload (--out-dir D: one file each)
   broker            the wardgate MQTT broker for a site (--config broker.yaml), until SIGTERM
   broker passwd     add or replace a broker user: broker passwd FILE USER (password on stdin)
@@ -99,6 +101,7 @@ export async function main(argv: string[], io: Io = processIo): Promise<number> 
         pubkey: { type: 'string' },
         version: { type: 'string' },
         yes: { type: 'boolean' },
+        'chunk-size': { type: 'string' },
         help: { type: 'boolean', short: 'h' },
       },
     });
@@ -174,6 +177,9 @@ export async function main(argv: string[], io: Io = processIo): Promise<number> 
           ca: v.ca,
           cert: v.cert,
           certKey: v['cert-key'],
+          version: v.version,
+          pubkey: v.pubkey,
+          chunkSize: v['chunk-size'],
         }, io);
       }
       case 'mqtt': {
