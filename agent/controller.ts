@@ -8,9 +8,11 @@ import { dirname, join, resolve } from 'node:path';
 import type { Logger } from 'pino';
 import { resolveBoard } from '../hardware/boards/index.js';
 import { openAuditLog, type AuditLog } from './audit/log.js';
-import { backupModule, backupTargetsOf } from './backup/module.js';
+import { backupModule, backupTargetsOf, openWritableStore } from './backup/module.js';
 import { backupPullHandlers } from './backup/pull.js';
-import { driftMessage } from './backup/run.js';
+import type { Drift } from './backup/drift.js';
+import { restoreDevice, type RestoreResult } from './backup/restore.js';
+import { driftMessage, type BackupTarget } from './backup/run.js';
 import { createSyslogSink, type SyslogSink } from './export/syslog.js';
 import { chooseBackend, gatewayOnly, loadAndCompile, manager, type GlobalOptions } from './cli/context.js';
 import type { Io } from './cli/io.js';
@@ -55,6 +57,8 @@ export class Controller {
   private audit: AuditLog | undefined;
   private siem: SyslogSink | undefined;
   private backup: ReturnType<typeof backupModule> | undefined;
+  private backupTargets: BackupTarget[] = [];
+  private gatewayFile = '';
 
   constructor(
     private readonly opts: GlobalOptions,
@@ -202,6 +206,29 @@ export class Controller {
           baselineSet: o.baselineSet,
           drift: o.drift?.changed === true ? driftMessage(device, o) : null,
         };
+      },
+      // A restore through the device's driver, the same steps as `wardgate backup restore`. The
+      // signed command is the consent, and `confirm: true` the "--yes": without it, a preview.
+      'backup.restore': async (args, ctx) => {
+        const device = args.device;
+        if (typeof device !== 'string' || device === '') throw new Error('backup.restore needs { device: "<id>", version?: N, confirm?: true }');
+        const version = args.version;
+        if (version !== undefined && (typeof version !== 'number' || !Number.isInteger(version) || version < 1)) throw new Error('backup.restore: version must be a version number (1, 2, ...)');
+        const target = this.backupTargets.find((t) => t.address.id === device);
+        if (!target) throw new Error(`no device "${device}" with a backup: block (devices with one: ${this.backupTargets.map((t) => t.address.id).join(', ') || 'none'})`);
+        if (!this.audit) throw new Error('the audit log is not open: no restore without a record');
+        const audit = this.audit;
+        const r = await restoreDevice({
+          store: openWritableStore(this.gatewayFile, this.config, this.stateDir),
+          target,
+          ...(version !== undefined ? { version } : {}),
+          write: args.confirm === true,
+          actor: ctx.keyId,
+          audit: (rec) => audit.append(rec),
+        });
+        // The summary of what changes (register by register, or lines), never the configuration.
+        const { changes, after, ...rest } = r as RestoreResult & { changes?: Drift; after?: Drift };
+        return { device, ...rest, ...(changes ? { changes: changes.summary, total: changes.total } : {}), ...(after ? { readBack: after.summary } : {}) };
       },
     };
   }
@@ -355,6 +382,8 @@ export class Controller {
 
     // Configuration backups, only when some device has a `backup:` block (docs/backups.md).
     const backupTargets = backupTargetsOf(g.path);
+    this.backupTargets = backupTargets;
+    this.gatewayFile = g.path;
     if (backupTargets.length > 0) {
       this.backup = backupModule({ gatewayPath: g.path, config: g.config, stateDir: this.stateDir, targets: backupTargets, log: this.log, event: (s, k, m, x) => this.event(s, k, m, x) });
       await this.startModule(this.backup);

@@ -7,11 +7,12 @@ import { userInfo } from 'node:os';
 import { join, resolve } from 'node:path';
 import { openAuditLog } from '../audit/log.js';
 import type { AuditRecord } from '../audit/types.js';
-import { baselineManifest, readBaseline, writeBaseline } from '../backup/baseline.js';
-import { compareConfigs, type Drift } from '../backup/drift.js';
-import { BackupDriverError, createDeviceDriver, createDriver, MAX_CONFIG_BYTES, parseModbusDocument } from '../backup/drivers/index.js';
+import { readBaseline, writeBaseline } from '../backup/baseline.js';
+import type { Drift } from '../backup/drift.js';
+import { createDeviceDriver, createDriver, MAX_CONFIG_BYTES } from '../backup/drivers/index.js';
 import { BackupStoreError } from '../backup/errors.js';
 import { openWritableStore } from '../backup/module.js';
+import { restoreDevice } from '../backup/restore.js';
 import { backupTargets, storeAndCompare, type BackupTarget, type StoredOutcome } from '../backup/run.js';
 import type { BackupStore } from '../backup/store.js';
 import type { FetchedConfig } from '../backup/types.js';
@@ -137,85 +138,45 @@ async function approve(args: string[], opts: DeviceCommandOptions, io: Io): Prom
   return 0;
 }
 
-/** What a restore writes and can read back: for Modbus the holding registers and coils only. */
-function writable(format: FetchedConfig['format'], bytes: Buffer): Buffer {
-  if (format !== 'modbus') return bytes;
-  try {
-    const ranges = parseModbusDocument(bytes).ranges.filter((r) => r.kind === 'holding' || r.kind === 'coil');
-    return Buffer.from(`${JSON.stringify({ ranges })}\n`);
-  } catch {
-    return bytes;
-  }
-}
-
 async function restore(args: string[], opts: DeviceCommandOptions, io: Io): Promise<number> {
   const [device, ...rest] = args;
   if (device === undefined || rest.length > 0) throw new UsageError('usage: wardgate backup restore DEVICE [--version V] [--yes]');
   const asked = parseVersion(opts.version);
   const { stateDir, store, target } = deviceContext(opts, device);
-  const driver = createDeviceDriver(target.address, target.backup, { baseDir: target.baseDir });
-  const signal = new AbortController().signal;
-  const record = (outcome: AuditRecord['outcome'], detail: Record<string, unknown>) => audit(stateDir, { actor: actor(), action: 'backup.restore', outcome, detail: { device, driver: driver.type, ...detail } });
-
-  // Under the device's lock: no version is written or approved while the device is being restored.
-  return store.withDeviceLock(device, async () => {
-    const baseline = readBaseline(store, device);
-    // The approved version is restored only if its manifest is still the one that was approved.
-    if (asked === undefined && baseline !== undefined) baselineManifest(store, device, baseline);
-    const version = asked ?? baseline?.version;
-    const { manifest, bytes } = await store.get(device, version);
-    io.out(`${device}: restoring version ${manifest.version} (${manifest.time}, sha256 ${manifest.plaintext.sha256.slice(0, 16)})${asked === undefined ? (baseline !== undefined ? ', the approved baseline' : ', the newest (no approved baseline)') : ''}`);
-    let current: FetchedConfig;
-    try {
-      current = await driver.fetch(signal);
-    } catch (err) {
-      io.err(`wardgate: cannot read what ${device} has now (${(err as Error).message}); nothing was written`);
-      return 1;
-    }
-    const want = writable(manifest.format, bytes);
-    const d = compareConfigs(manifest.format, writable(current.format, current.bytes), want, current.format);
-    if (!d.changed) {
+  const r = await restoreDevice({ store, target, ...(asked !== undefined ? { version: asked } : {}), write: opts.yes === true, actor: actor(), audit: (rec) => audit(stateDir, rec) });
+  const why = { asked: '', baseline: ', the approved baseline', newest: ', the newest (no approved baseline)' }[r.why];
+  io.out(`${device}: restoring version ${r.version} (${r.time}, sha256 ${r.sha256.slice(0, 16)})${why}`);
+  const showChanges = (d: Drift) => {
+    io.out(`${device}: the restore would change (now -> version ${r.version}):`);
+    printDrift(io, d);
+  };
+  switch (r.status) {
+    case 'unchanged':
       io.out(`${device}: already has this configuration; nothing to restore`);
       return 0;
-    }
-    io.out(`${device}: the restore would change (now -> version ${manifest.version}):`);
-    printDrift(io, d);
-    if (driver.restore === undefined) {
-      io.err(`wardgate: the ${driver.type} driver cannot write a configuration back${driver.type === 'http' ? ' (give the driver a restore: block)' : ''}; restore ${device} by hand from: wardgate backup export ${device} --version ${manifest.version} --out FILE`);
+    case 'cannot':
+      showChanges(r.changes);
+      io.err(`wardgate: the ${r.driver} driver cannot write a configuration back${r.driver === 'http' ? ' (give the driver a restore: block)' : ''}; restore ${device} by hand from: wardgate backup export ${device} --version ${r.version} --out FILE`);
       return 1;
-    }
-    if (!opts.yes) {
-      io.err(`wardgate: nothing was written; add --yes to write version ${manifest.version} to ${device}`);
+    case 'preview':
+      showChanges(r.changes);
+      io.err(`wardgate: nothing was written; add --yes to write version ${r.version} to ${device}`);
       return 1;
-    }
-    const detail = { version: manifest.version, plaintextSha256: manifest.plaintext.sha256 };
-    try {
-      await driver.restore(bytes, signal);
-    } catch (err) {
-      const code = err instanceof BackupDriverError ? err.code : undefined;
-      record('failed', { ...detail, error: (err as Error).message, ...(code !== undefined ? { code } : {}) });
-      io.err(`wardgate: restore of ${device} failed: ${(err as Error).message}`);
+    case 'restored':
+      showChanges(r.changes);
+      io.out(`${device}: restored version ${r.version}; what reads back equals it`);
+      return 0;
+    case 'failed':
+      if (r.changes) showChanges(r.changes);
+      if (r.stage === 'read-current') io.err(`wardgate: cannot read what ${device} has now (${r.error}); nothing was written`);
+      else if (r.stage === 'write') io.err(`wardgate: restore of ${device} failed: ${r.error}`);
+      else if (r.stage === 'read-back') io.err(`wardgate: ${device}: written, but it cannot be read back: ${r.error}`);
+      else {
+        io.err(`wardgate: ${device}: written, but what reads back differs from version ${r.version}:`);
+        for (const line of r.after?.summary ?? []) io.err(`  ${line}`);
+      }
       return 1;
-    }
-    let back: FetchedConfig;
-    try {
-      back = await driver.fetch(signal);
-    } catch (err) {
-      record('failed', { ...detail, error: `written, but cannot be read back: ${(err as Error).message}` });
-      io.err(`wardgate: ${device}: written, but it cannot be read back: ${(err as Error).message}`);
-      return 1;
-    }
-    const after = compareConfigs(manifest.format, want, writable(back.format, back.bytes), manifest.format);
-    if (after.changed) {
-      record('failed', { ...detail, readBack: 'differs', differences: after.total });
-      io.err(`wardgate: ${device}: written, but what reads back differs from version ${manifest.version}:`);
-      for (const line of after.summary) io.err(`  ${line}`);
-      return 1;
-    }
-    record('ok', { ...detail, readBack: 'equal', changes: d.total });
-    io.out(`${device}: restored version ${manifest.version}; what reads back equals it`);
-    return 0;
-  });
+  }
 }
 
 export async function deviceBackupCommand(sub: 'now' | 'import' | 'approve' | 'restore', args: string[], opts: DeviceCommandOptions, io: Io): Promise<number> {

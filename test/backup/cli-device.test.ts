@@ -214,4 +214,49 @@ describe.skipIf(skip !== undefined)('wardgate backup now / approve / restore aga
     expect(now.code).toBe(1);
     expect(now.err).toMatch(/imported by hand \(wardgate backup import\)/);
   });
+
+  it('backup.restore as a signed command: a preview without confirm, then the write, read back and audited under the console\'s key', async () => {
+    const { generateConsoleKey } = await import('../../agent/console/keys.js');
+    const { freePort, until } = await import('../mqtt/brokers.js');
+    const { spawn } = await import('node:child_process');
+    const brokerPort = await freePort();
+    const k = generateConsoleKey(join(dir!.path, 'console-keys'), 'responder');
+    // The agent runs from its own gateway file: the same state directory and policy, plus a broker.
+    const agentGw = join(dir!.path, 'gateway-agent.yaml');
+    writeFileSync(
+      agentGw,
+      `${readFileSync(gw, 'utf8')}mqtt:\n  url: mqtt://127.0.0.1:${brokerPort}\n  embeddedBroker: { port: ${brokerPort}, allowAnonymous: true }\ncommands:\n  publicKeys: [{ id: responder, key: "${k.publicKey}" }]\n`,
+    );
+    const agent = spawn(process.execPath, [CLI, 'run', '--gateway', agentGw, '--backend', 'dry-run'], { stdio: ['ignore', 'pipe', 'pipe'], cwd: dir!.path });
+    let out = '';
+    agent.stdout.on('data', (d: Buffer) => (out += d.toString()));
+    agent.stderr.on('data', (d: Buffer) => (out += d.toString()));
+    try {
+      await until('the agent online', () => out.includes('"online"'), 15000);
+      const cmd = (...args: string[]) => {
+        const r = spawnSync(process.execPath, [CLI, 'console', 'cmd', 'st-a/gw-1', 'backup.restore', 'device=steriliser', ...args, '--json', '--url', `mqtt://127.0.0.1:${brokerPort}`, '--key', k.privateKeyPath], { encoding: 'utf8', timeout: 60000 });
+        return { code: r.status, body: JSON.parse(r.stdout || '{}') as { ok: boolean; result?: Record<string, unknown>; error?: { message: string } }, err: r.stderr };
+      };
+      await device((c) => c.writeRegister(5, 4242));
+      const preview = cmd('version:=2');
+      expect(preview.code, preview.err).toBe(0);
+      expect(preview.body.result).toMatchObject({ device: 'steriliser', status: 'preview', version: 2, why: 'asked', total: 1 });
+      expect(preview.body.result?.changes).toEqual(['setpoints: unit 1 holding 5: 4242 -> 999']);
+      expect(await readHolding(5, 1)).toEqual([4242]);
+
+      const done = cmd('version:=2', 'confirm:=true');
+      expect(done.code, done.err).toBe(0);
+      expect(done.body.result).toMatchObject({ status: 'restored', version: 2 });
+      expect(await readHolding(5, 1)).toEqual([999]);
+      const rec = auditRecords().filter((a) => a.action === 'backup.restore').at(-1);
+      expect(rec).toMatchObject({ actor: 'responder', outcome: 'ok', detail: { device: 'steriliser', version: 2, readBack: 'equal' } });
+
+      const bad = cmd('version:=0');
+      expect(bad.code).not.toBe(0);
+      expect(bad.body.error?.message).toMatch(/version must be a version number/);
+    } finally {
+      agent.kill('SIGTERM');
+      await new Promise((r) => agent.once('exit', r));
+    }
+  });
 });
