@@ -9,6 +9,8 @@ import { startLabAnalyzer } from '../hardware/sim/lab-analyzer.js';
 import { connectConsole, sendCommand } from './console/client.js';
 import { generateConsoleKey, loadConsoleKey } from './console/keys.js';
 import type { Io } from './cli/io.js';
+import { consoleBackup } from './cli/console-backup.js';
+import { createDataKeyFile, ensureGatewayKey } from './backup/keys.js';
 import { Controller } from './controller.js';
 
 function freePort(): Promise<number> {
@@ -21,6 +23,9 @@ function freePort(): Promise<number> {
     });
   });
 }
+
+/** The same output, indented under the demo's step. */
+const indent = (io: Io): Io => ({ out: (s) => io.out(s.replace(/^/gm, '    ')), err: (s) => io.err(s.replace(/^/gm, '    ')) });
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
@@ -74,8 +79,14 @@ devices:
     probes:
       - { type: modbus, port: ${modbusPort}, read: { address: 0, count: 4 }, intervalSeconds: 1, timeoutMs: 500, failuresToDown: 2, successesToUp: 1 }
       - { type: modbus, port: ${modbusPort}, intervalSeconds: 5, timeoutMs: 500 }
+    backup:
+      driver: { type: modbus-tcp, port: ${modbusPort}, unit: 1, ranges: [{ name: settings, kind: holding, address: 0, count: 4 }] }
+      retries: 0
 `,
   );
+  // The backup store's keys, as the installer makes them (wardgate backup keygen).
+  createDataKeyFile(join(dir, 'state', 'keys', 'backup-data.key'));
+  const gatewayKey = ensureGatewayKey(join(dir, 'state'));
 
   io.out('\nhealth over MQTT: the agent with its embedded broker on 127.0.0.1:' + brokerPort + ', a simulated lab analyzer on Modbus TCP 127.0.0.1:' + modbusPort);
   const logFile = join(dir, 'agent.log');
@@ -123,6 +134,26 @@ devices:
   await client.publishAsync('wardgate/v1/demo/gw-lab-01/cmd/policy.apply', JSON.stringify({ name: 'policy.apply' }), { qos: 1 });
   check(await until(() => refusals.length > 0, 5000), 'a refusal');
   io.out(`  answer: ok=${String(refusals[0]?.ok)} ${JSON.stringify(refusals[0]?.error)} (refused, and recorded in the audit log)`);
+
+  io.out('\nconfiguration backups (signed commands from the console):');
+  const command = (name: string, args: Record<string, unknown>) => sendCommand(url, 'demo', 'gw-lab-01', name, args, loadConsoleKey(key.privateKeyPath), 'demo-console');
+  const first = await command('backup.now', { device: 'lab-analyzer-01' });
+  const r1 = first.result as { version?: number; baselineSet?: boolean } | undefined;
+  io.out(`  backup.now: ok=${String(first.ok)}, version ${String(r1?.version)}${r1?.baselineSet ? ', the approved baseline' : ''}`);
+  check(first.ok && r1?.version === 1, 'a first backup');
+  analyzer.registers[1] = 4;
+  io.out('  someone sets alarm register 1 to 4 on the analyzer\'s panel');
+  const second = await command('backup.now', { device: 'lab-analyzer-01' });
+  io.out(`  backup.now: ${String((second.result as { drift?: string } | undefined)?.drift)}`);
+  check(await until(() => seen.some((m) => m.topic.endsWith('/events') && m.body.kind === 'config.drift'), 5000), 'a config.drift event');
+  const restored = await command('backup.restore', { device: 'lab-analyzer-01', confirm: true });
+  const rr = restored.result as { status?: string; version?: number; changes?: string[] } | undefined;
+  io.out(`  backup.restore: ${String(rr?.status)} version ${String(rr?.version)} (${(rr?.changes ?? []).join('; ')}); register 1 reads ${analyzer.registers[1]} again`);
+  check(rr?.status === 'restored' && analyzer.registers[1] === 0, 'the restore');
+  const bundle = join(dir, 'lab-analyzer-01.wgb');
+  io.out('  a responder pulls the signed bundle and verifies it with the gateway\'s public key:');
+  const pulled = await consoleBackup(['pull', 'demo/gw-lab-01', 'lab-analyzer-01'], { url, key: key.privateKeyPath, keyId: 'demo-console', out: bundle, pubkey: gatewayKey.publicKeyPath }, indent(io));
+  check(pulled === 0, 'a verified bundle');
 
   io.out('\nthe analyzer stops answering:');
   await analyzer.close();
