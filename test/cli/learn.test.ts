@@ -8,6 +8,7 @@ import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { main } from '../../agent/cli/main.js';
 import type { FlowRecord } from '../../agent/traffic/flows.js';
+import { pumpFlow } from '../traffic/fixtures/record.js';
 import { CT, gatewayYaml, GROUPS, PUMP } from '../integration/site.js';
 
 let dir = '';
@@ -30,31 +31,8 @@ const HOUR = 3_600_000;
 const NOW = Date.now();
 const at = (ms: number) => new Date(NOW + ms).toISOString();
 
-/** A flow that lasted 2 s and ended at `o.time`. */
-function rec(o: Partial<FlowRecord>): string {
-  const time = o.time ?? at(-HOUR);
-  const r: FlowRecord = {
-    time,
-    start: new Date(Date.parse(time) - 2000).toISOString(),
-    device: 'pump-01',
-    peer: '10.10.1.10',
-    direction: 'inbound',
-    proto: 'tcp',
-    sport: 43210,
-    dport: 443,
-    packets: 8,
-    bytes: 900,
-    toDevice: { packets: 4, bytes: 400 },
-    fromDevice: { packets: 4, bytes: 500 },
-    accounted: true,
-    durationMs: 2000,
-    app: 'HTTPS',
-    verdict: 'monitored',
-    entry: null,
-    ...o,
-  };
-  return JSON.stringify({ kind: 'flow', ...r });
-}
+/** A flow that lasted 2 s and ended at `o.time` (an hour ago by default), as a log line. */
+const rec = (o: Partial<FlowRecord>): string => JSON.stringify({ kind: 'flow', ...pumpFlow(o.time ?? at(-HOUR), o) });
 
 /** pump-01 in monitor mode for a day, then one connection of a stranger that enforce denied. */
 function writeFlows(): void {

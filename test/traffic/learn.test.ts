@@ -12,6 +12,7 @@ import { loadConfig, loadPolicyText, type LoadedConfig } from '../../agent/confi
 import { buildModel, type Model } from '../../agent/policy/model.js';
 import { coverage } from '../../agent/traffic/coverage.js';
 import type { FlowRecord } from '../../agent/traffic/flows.js';
+import { pumpFlow } from './fixtures/record.js';
 import { foldPorts, groupFor, groupsOf, MANY_HIGH_PORTS, propose, renderProposal } from '../../agent/traffic/learn.js';
 import { readObserved, type DeviceObservation, type ObservedFlow } from '../../agent/traffic/observed.js';
 import { CT, gatewayYaml, GROUPS, PUMP } from '../integration/site.js';
@@ -29,28 +30,7 @@ afterEach(() => {
 const T0 = Date.parse('2025-03-01T10:00:00.000Z');
 const iso = (ms: number) => new Date(T0 + ms).toISOString();
 
-function rec(o: Partial<FlowRecord> = {}): FlowRecord {
-  return {
-    time: iso(2000),
-    start: iso(0),
-    device: 'pump-01',
-    peer: '10.10.1.10',
-    direction: 'inbound',
-    proto: 'tcp',
-    sport: 40000,
-    dport: 443,
-    packets: 10,
-    bytes: 1000,
-    toDevice: { packets: 5, bytes: 500 },
-    fromDevice: { packets: 5, bytes: 500 },
-    accounted: true,
-    durationMs: 2000,
-    app: 'HTTPS',
-    verdict: 'monitored',
-    entry: null,
-    ...o,
-  };
-}
+const rec = (o: Partial<FlowRecord> = {}): FlowRecord => ({ ...pumpFlow(iso(2000)), start: iso(0), ...o });
 const line = (r: FlowRecord) => JSON.stringify({ kind: 'flow', ...r });
 
 function flowDir(files: Record<string, (FlowRecord | string)[]>): string {
