@@ -9,6 +9,7 @@ import { createHash, randomBytes } from 'node:crypto';
 import { join } from 'node:path';
 import { z } from 'zod';
 import type { CommandHandler } from '../mqtt/commands.js';
+import { readBaseline } from './baseline.js';
 import { exportBundle } from './bundle.js';
 import { BackupStoreError, type Problem } from './errors.js';
 import { loadGatewayKey } from './keys.js';
@@ -62,6 +63,7 @@ export const ListedVersion = z.object({
   blobSha256: Hex64,
   manifestSha256: Hex64.describe('What the next version\'s `previous` names'),
   keyId: z.string(),
+  approved: z.boolean().default(false).describe('The approved baseline (wardgate backup approve): what drift is measured against and a restore takes by default'),
 });
 export const ListResult = z.object({
   gateway: z.string(),
@@ -230,13 +232,25 @@ function parseArgs<T>(schema: z.ZodType<T>, args: Record<string, unknown>, comma
 }
 
 /** The answer to `backup.list`: every device's versions, signatures checked; failures in `problems`. */
+/** A device's approved baseline; none when its record cannot be read (the list still answers). */
+function readBaselineOrNone(store: BackupStore, device: string): ReturnType<typeof readBaseline> {
+  try {
+    return readBaseline(store, device);
+  } catch {
+    return undefined;
+  }
+}
+
 export function listBackups(store: BackupStore, device?: string): ListResult {
   const { manifests, problems } = store.list(device);
   const devices = new Map<string, ListResult['devices'][number]>();
   for (const d of device !== undefined ? [device] : store.devices()) {
     devices.set(d, { device: d, lastChecked: store.lastChecked(d)?.time ?? null, versions: [] });
   }
+  const baselines = new Map<string, ReturnType<typeof readBaseline>>();
   for (const m of manifests) {
+    if (!baselines.has(m.device)) baselines.set(m.device, readBaselineOrNone(store, m.device));
+    const b = baselines.get(m.device);
     devices.get(m.device)?.versions.push({
       version: m.version,
       time: m.time,
@@ -249,6 +263,8 @@ export function listBackups(store: BackupStore, device?: string): ListResult {
       blobSha256: m.blob.sha256,
       manifestSha256: manifestHash(m),
       keyId: m.keyId,
+      // Approved only if the manifest is still the one that was approved.
+      approved: b !== undefined && b.version === m.version && b.manifestSha256 === manifestHash(m),
     });
   }
   return { gateway: store.gateway, devices: [...devices.values()], problems };

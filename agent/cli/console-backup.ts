@@ -63,7 +63,7 @@ async function list(positionals: string[], opts: ConsoleOptions, io: Io): Promis
     for (const d of r.devices) {
       io.out(`${d.device}: ${d.versions.length} version(s), last successful fetch ${d.lastChecked ?? 'never'}`);
       for (const v of d.versions) {
-        io.out(`  ${String(v.version).padStart(5)}  ${v.time}  ${v.driver.padEnd(10)} ${v.format.padEnd(6)} ${String(v.size).padStart(9)} B  sha256 ${v.plaintextSha256.slice(0, 16)}  ${v.source}`);
+        io.out(`  ${String(v.version).padStart(5)}  ${v.time}  ${v.driver.padEnd(10)} ${v.format.padEnd(6)} ${String(v.size).padStart(9)} B  sha256 ${v.plaintextSha256.slice(0, 16)}  ${v.source}${v.approved ? '  (approved)' : ''}`);
       }
     }
     if (r.devices.length === 0) io.out('no backups yet');

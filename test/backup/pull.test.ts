@@ -7,6 +7,7 @@ import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { verifyBundle } from '../../agent/backup/bundle.js';
 import { FileKeyProvider, gatewayKeyPaths, readGatewayPublicKey } from '../../agent/backup/keys.js';
 import { backupPullHandlers, listBackups, PullCache, pullChunk, PULL_CHUNK_DEFAULT, type PullResult } from '../../agent/backup/pull.js';
+import { writeBaseline } from '../../agent/backup/baseline.js';
 import { BackupStoreSchema } from '../../agent/backup/schema-store.js';
 import { makeStore, text, type TestStore } from './store-helpers.js';
 
@@ -142,6 +143,10 @@ describe('backup.list', () => {
     expect(r.devices[1]?.lastChecked).toBe(t.store.lastChecked('pump-1')?.time);
     expect(r.problems).toEqual([]);
     expect(listBackups(t.store, 'pump-1').devices.map((d) => d.device)).toEqual(['pump-1']);
+    // Nothing approved yet; then version 1 of ct-1 is.
+    expect(r.devices.flatMap((d) => d.versions.map((v) => v.approved))).toEqual([false, false, false]);
+    writeBaseline(t.store, t.store.readManifest('ct-1', 1), 'cli:test');
+    expect(listBackups(t.store, 'ct-1').devices[0]?.versions.map((v) => [v.version, v.approved])).toEqual([[1, true], [2, false]]);
   });
 
   it('a manifest that fails its signature is reported, not listed', () => {
