@@ -9,6 +9,7 @@ import type { Logger } from 'pino';
 import { resolveBoard } from '../hardware/boards/index.js';
 import { openAuditLog, type AuditLog } from './audit/log.js';
 import { backupModule, backupTargetsOf, openWritableStore } from './backup/module.js';
+import type { BackupStore } from './backup/store.js';
 import { backupPullHandlers } from './backup/pull.js';
 import type { Drift } from './backup/drift.js';
 import { restoreDevice, type RestoreResult } from './backup/restore.js';
@@ -59,6 +60,16 @@ export class Controller {
   private backup: ReturnType<typeof backupModule> | undefined;
   private backupTargets: BackupTarget[] = [];
   private gatewayFile = '';
+  private openedBackupStore: BackupStore | undefined;
+
+  /**
+   * The one backup store of the agent (the backup service, backup.list, .pull and .restore),
+   * opened at first use; not kept when its keys are missing, so that `backup keygen` needs no restart.
+   */
+  private backupStore(): BackupStore {
+    this.openedBackupStore ??= openWritableStore(this.gatewayFile, this.config, this.stateDir);
+    return this.openedBackupStore;
+  }
 
   constructor(
     private readonly opts: GlobalOptions,
@@ -187,7 +198,7 @@ export class Controller {
         return { change: pending.id, deadline: new Date(pending.deadline).toISOString(), policyHash: l.model.hash, notes };
       },
       'policy.confirm': async () => this.policy.confirm(),
-      ...backupPullHandlers({ stateDir: this.stateDir, gateway: `${this.config.site}/${this.config.gateway}`, config: this.config.backup }),
+      ...backupPullHandlers({ store: () => this.backupStore(), stateDir: this.stateDir, gateway: `${this.config.site}/${this.config.gateway}`, config: this.config.backup }),
       // A backup run now, through the agent's own backup service (docs/backups.md).
       'backup.now': async (args) => {
         const device = args.device;
@@ -219,7 +230,7 @@ export class Controller {
         if (!this.audit) throw new Error('the audit log is not open: no restore without a record');
         const audit = this.audit;
         const r = await restoreDevice({
-          store: openWritableStore(this.gatewayFile, this.config, this.stateDir),
+          store: this.backupStore(),
           target,
           ...(version !== undefined ? { version } : {}),
           write: args.confirm === true,
@@ -236,6 +247,7 @@ export class Controller {
   async start(): Promise<void> {
     const g = gatewayOnly(this.opts);
     this.config = g.config;
+    this.gatewayFile = g.path;
     this.stateDir = g.stateDir;
     const { backend, notice } = chooseBackend(this.opts, this.stateDir);
     if (notice) this.io.err(notice);
@@ -383,9 +395,8 @@ export class Controller {
     // Configuration backups, only when some device has a `backup:` block (docs/backups.md).
     const backupTargets = backupTargetsOf(g.path);
     this.backupTargets = backupTargets;
-    this.gatewayFile = g.path;
     if (backupTargets.length > 0) {
-      this.backup = backupModule({ gatewayPath: g.path, config: g.config, stateDir: this.stateDir, targets: backupTargets, log: this.log, event: (s, k, m, x) => this.event(s, k, m, x) });
+      this.backup = backupModule({ gatewayPath: g.path, config: g.config, stateDir: this.stateDir, targets: backupTargets, log: this.log, event: (s, k, m, x) => this.event(s, k, m, x), store: () => this.backupStore() });
       await this.startModule(this.backup);
     }
 

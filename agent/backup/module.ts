@@ -61,6 +61,8 @@ export interface BackupModuleDeps {
   targets: BackupTarget[];
   event: BackupEvent;
   log: ServiceLog;
+  /** The store to use (the agent shares one with its backup commands); opened here when not given. */
+  store?: () => BackupStore;
 }
 
 export function backupModule(deps: BackupModuleDeps): Module & { service(): BackupService | undefined } {
@@ -69,7 +71,7 @@ export function backupModule(deps: BackupModuleDeps): Module & { service(): Back
     name: 'backup',
     service: () => service,
     start: () => {
-      const store = openWritableStore(deps.gatewayPath, deps.config, deps.stateDir);
+      const store = deps.store?.() ?? openWritableStore(deps.gatewayPath, deps.config, deps.stateDir);
       service = new BackupService({ store, targets: deps.targets, event: deps.event, log: deps.log });
       service.start();
     },

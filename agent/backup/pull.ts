@@ -290,8 +290,8 @@ export function pullChunk(store: BackupStore, cache: PullCache, rawArgs: Record<
 }
 
 export interface BackupHandlerOptions {
-  /** The store; opened at the first command when not given. */
-  store?: BackupStore;
+  /** The store, or how to get it (the agent's one, opened once); opened at the first command when not given. */
+  store?: BackupStore | (() => BackupStore);
   stateDir: string;
   /** "<site>/<gateway>", as in every manifest. */
   gateway: string;
@@ -304,9 +304,11 @@ export interface BackupHandlerOptions {
  * that a gateway without keys yet (before `wardgate backup keygen`) answers with why.
  */
 export function backupPullHandlers(opts: BackupHandlerOptions): Record<string, CommandHandler> {
-  let store = opts.store;
+  const given = opts.store;
+  let store = typeof given === 'function' ? undefined : given;
   const cache = new PullCache({ dir: join(opts.stateDir, 'backups', 'pulls'), ...opts.cache });
   const open = (): BackupStore => {
+    if (typeof given === 'function') return given();
     store ??= BackupStore.open({
       stateDir: opts.stateDir,
       gateway: opts.gateway,

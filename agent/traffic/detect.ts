@@ -63,6 +63,7 @@ export class Detector {
   private readonly now: () => number;
   private readonly byAddress = new Map<string, ResolvedDevice>();
   private readonly byMac = new Map<string, ResolvedDevice>();
+  private readonly byId = new Map<string, ResolvedDevice>();
   private readonly lastSeen = new Map<string, number>();
   private readonly silent = new Set<string>();
   /** Dedup key -> when it was last raised and how many repeats were held back since. */
@@ -91,19 +92,27 @@ export class Detector {
     for (const d of deps.model.devices) {
       for (const [family, a] of Object.entries(d.addresses)) if (a !== undefined) this.byAddress.set(`${family}:${a}`, d);
       if (d.mac) this.byMac.set(d.mac, d);
+      this.byId.set(d.id, d);
       // Silence is measured from the agent's start: it cannot know what came before.
       this.lastSeen.set(d.id, t);
     }
   }
 
-  private device(address: string): ResolvedDevice | undefined {
+  /** The listed device with this address, or whether the address lies on the device segments. */
+  private locate(address: string): { device?: ResolvedDevice; onSegment: boolean } {
     const p = parseAddress(address);
-    return p ? this.byAddress.get(`${p.family}:${p.value}`) : undefined;
+    if (!p) return { onSegment: false };
+    const device = this.byAddress.get(`${p.family}:${p.value}`);
+    if (device) return { device, onSegment: true };
+    return { onSegment: this.deps.model.segments.some((s) => contains(s, { family: p.family, lo: p.value, hi: p.value })) };
+  }
+
+  private device(address: string): ResolvedDevice | undefined {
+    return this.locate(address).device;
   }
 
   private onSegment(address: string): boolean {
-    const p = parseAddress(address);
-    return p !== undefined && this.deps.model.segments.some((s) => contains(s, { family: p.family, lo: p.value, hi: p.value }));
+    return this.locate(address).onSegment;
   }
 
   private seen(deviceId: string): void {
@@ -115,19 +124,21 @@ export class Detector {
 
   /** A connection the kernel started tracking (conntrack NEW): allowed or monitored traffic. */
   connection(ev: Pick<ConntrackEvent, 'orig' | 'l4'>): void {
-    const src = this.device(ev.orig.src);
-    const dst = this.device(ev.orig.dst);
+    const from = this.locate(ev.orig.src);
+    const to = this.locate(ev.orig.dst);
+    const src = from.device;
+    const dst = to.device;
     if (src) this.seen(src.id);
     if (dst) this.seen(dst.id);
-    if (!src && this.onSegment(ev.orig.src)) this.unlistedAddress(ev.orig.src);
-    if (!dst && this.onSegment(ev.orig.dst)) this.unlistedAddress(ev.orig.dst);
+    if (!src && from.onSegment) this.unlistedAddress(ev.orig.src);
+    if (!dst && to.onSegment) this.unlistedAddress(ev.orig.dst);
     // Fan-out: sources towards or from the devices only (this gateway's business).
     if (src || dst) this.countFanout(ev.orig.src, ev.orig.dst, ev.orig.dport, src?.id);
   }
 
   /** A packet the ruleset logged to NFLOG: denied, or a monitor-mode device's unlisted traffic. */
   nflog(ev: NflogEvent): void {
-    const listed = this.deps.model.devices.find((d) => d.id === ev.device);
+    const listed = this.byId.get(ev.device);
     if (listed) this.seen(listed.id);
     const peer = ev.dir === 'in' ? ev.src : ev.dst;
     const port = ev.dport ?? null;
