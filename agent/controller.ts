@@ -37,6 +37,7 @@ import { buildModel, type Model, type ResolvedDevice } from './policy/model.js';
 import { runProbe } from './health/probes.js';
 import type { Module } from './module.js';
 import { trafficModule } from './traffic/module.js';
+import { ProtocolsModule } from './protocols/module.js';
 import { VERSION } from './version.js';
 
 const PRIORITY: Record<Severity, Priority> = { info: 'low', warning: 'normal', critical: 'high' };
@@ -52,6 +53,7 @@ export class Controller {
   private outbox: Outbox | undefined;
   private link: MqttLink | undefined;
   private devices: DeviceHealthModel | undefined;
+  private protocols: ProtocolsModule | undefined;
   private model: Model | undefined;
   private resolved: ResolvedDevice[] = [];
   private board: ReturnType<typeof resolveBoard> | undefined;
@@ -191,7 +193,7 @@ export class Controller {
       },
       'policy.status': () => this.policy.status(),
       'policy.apply': async (args) => {
-        const l = loadAndCompile(this.opts);
+        const l = loadAndCompile(this.opts, true);
         const timeout = typeof args.timeoutSeconds === 'number' ? args.timeoutSeconds : l.model.gateway.commitConfirm.timeoutSeconds;
         const notes = l.model.gateway.mode === 'bridge' ? await ensureBridgeNetfilter(this.backend, true) : [];
         const pending = await this.policy.apply(l.compiled, l.failsafe, l.model.hash, timeout);
@@ -391,6 +393,48 @@ export class Controller {
         }),
       );
     }
+
+    // The inline Modbus and DICOM proxies (docs/protocols.md): idle until an allow entry carries
+    // modbus or dicom rules. They follow the policy loaded in the kernel: when another one is
+    // loaded (applied by the CLI or a command), the files are read again and, if they are what
+    // was loaded, the proxies get their targets.
+    const protocols = new ProtocolsModule({
+      config: this.config,
+      stateDir: this.stateDir,
+      netns: this.opts.netns ?? process.env.WARDGATE_NETNS,
+      nft: backend.kind === 'nft',
+      log: this.log,
+      event: (e) => this.event(e.severity, e.kind, e.message, { ...(e.device !== undefined ? { device: e.device } : {}), dedupKey: e.dedupKey, data: e.data }),
+    });
+    this.protocols = protocols;
+    let protocolsHash = this.model?.hash;
+    let protocolsTimer: NodeJS.Timeout | undefined;
+    const follow = async () => {
+      const st = this.keeper.status;
+      const loaded = st?.pending?.policyHash ?? st?.committed?.policyHash;
+      if (loaded === undefined || loaded === protocolsHash) return;
+      let m: Model;
+      try {
+        m = buildModel(loadConfig(g.path));
+      } catch {
+        return; // the files do not load: the proxies keep what they have
+      }
+      if (m.hash !== loaded) return;
+      protocolsHash = loaded;
+      await protocols.update(m);
+      this.log.info({ policyHash: loaded, proxies: protocols.status().listening }, 'the proxies follow the loaded policy');
+    };
+    await this.startModule({
+      name: 'protocols',
+      start: async () => {
+        await protocols.start(this.model);
+        protocolsTimer = setInterval(() => void follow().catch((err: unknown) => this.log.error({ err: (err as Error).message }, 'proxies could not follow the policy')), 2000);
+      },
+      stop: async () => {
+        clearInterval(protocolsTimer);
+        await protocols.stop();
+      },
+    });
 
     // Configuration backups, only when some device has a `backup:` block (docs/backups.md).
     const backupTargets = backupTargetsOf(g.path);

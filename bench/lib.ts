@@ -196,6 +196,7 @@ export function generatePolicy(devices: number, perDevice = 10, opts: GenerateOp
       addresses: { ipv4: address },
       entries,
       probes: [],
+      proxies: [],
     });
   }
   const model: Model = {

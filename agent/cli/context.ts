@@ -14,6 +14,7 @@ import { PolicyManager } from '../policy/apply.js';
 import { compile, type CompiledRuleset } from '../policy/compile.js';
 import { buildModel, type Model } from '../policy/model.js';
 import { VERSION } from '../version.js';
+import { assignListenPorts } from '../protocols/ports.js';
 
 export interface GlobalOptions {
   gateway?: string;
@@ -42,15 +43,21 @@ export interface Loaded {
   stateDir: string;
 }
 
-export function loadAndCompile(opts: GlobalOptions): Loaded {
+/**
+ * persistPorts: the caller is about to load the ruleset, so new proxy listen-port assignments
+ * are written to the state directory first (protocols/ports.ts).
+ */
+export function loadAndCompile(opts: GlobalOptions, persistPorts = false): Loaded {
   const path = gatewayPath(opts);
   const loaded = loadConfig(path);
   const model = buildModel(loaded);
   const stateDir = stateDirOf(opts, model.gateway.stateDir, loaded.gateway.root);
+  const keys = model.devices.flatMap((d) => d.proxies.map((p) => p.key));
+  const listenPorts = keys.length > 0 ? assignListenPorts(model.gateway.protocols.listenPorts, stateDir, keys, { persist: persistPorts }) : undefined;
   return {
     path,
     model,
-    compiled: compile(model, { version: VERSION }),
+    compiled: compile(model, { version: VERSION, ...(listenPorts ? { listenPorts } : {}) }),
     failsafe: compile(model, { version: VERSION, failsafe: true }),
     stateDir,
   };

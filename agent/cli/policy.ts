@@ -87,7 +87,7 @@ export async function policyCommand(sub: string | undefined, opts: PolicyOptions
     throw new UsageError(`unknown policy command "${sub ?? ''}": use check, print, diff, apply, confirm, rollback, status, restore, learn or schema`);
   }
   if (STATE_ONLY.has(sub)) return stateCommand(sub, opts, io);
-  const l = loadAndCompile(opts);
+  const l = loadAndCompile(opts, sub === 'apply');
   printWarnings(l, io);
   const { backend, notice } = chooseBackend(opts, l.stateDir);
   if (notice) io.err(notice);

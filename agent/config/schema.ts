@@ -4,6 +4,7 @@ import { z } from 'zod';
 import { familyOf, parsePrefix } from '../policy/net.js';
 import { BackupDeviceSchema } from '../backup/schema.js';
 import { BackupStoreSchema } from '../backup/schema-store.js';
+import { DicomRulesSchema, ModbusRulesSchema, ProtocolsSchema } from '../protocols/schema.js';
 
 export const API_VERSION = 'wardgate/v1';
 
@@ -280,6 +281,7 @@ export const GatewaySchema = z
     traffic: TrafficSchema.default(TrafficSchema.parse({})).describe('The flow log and its summaries (issue 4)'),
     siem: SiemSchema.optional().describe('Export of events to a SIEM'),
     backup: BackupStoreSchema.default(BackupStoreSchema.parse({})).describe('The configuration backup store: data key, budget, retention (docs/backups.md)'),
+    protocols: ProtocolsSchema.default(ProtocolsSchema.parse({})).describe('The inline Modbus and DICOM proxies that enforce allow entries with modbus: or dicom: rules (docs/protocols.md)'),
   })
   .strict();
 export type GatewayConfig = z.infer<typeof GatewaySchema>;
@@ -305,6 +307,8 @@ export const AllowEntrySchema = z
       .enum(APPS)
       .optional()
       .describe('The application protocol the entry carries, where its port is not the well-known one (HL7 on 2576); the data-flow map marks DICOM and HL7 as patient data'),
+    modbus: ModbusRulesSchema.optional().describe('What the peer may ask of the device over Modbus TCP: enforced by the inline proxy (docs/protocols.md)'),
+    dicom: DicomRulesSchema.optional().describe('Which associations and DIMSE commands the peer may open on the device: enforced by the inline proxy (docs/protocols.md)'),
     comment: z.string().max(200).optional(),
   })
   .strict();

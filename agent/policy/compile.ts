@@ -21,7 +21,16 @@ export interface CompileOptions {
    * failMode open pass everything (logged), devices with failMode closed pass nothing.
    */
   failsafe?: boolean;
+  /**
+   * The local port each proxied device port ("<device>:<port>") is redirected to
+   * (protocols/ports.ts keeps them stable across policies). Without it they are numbered from
+   * the start of protocols.listenPorts, which is right only for a gateway that never had one.
+   */
+  listenPorts?: ReadonlyMap<string, number>;
 }
+
+/** The set the agent keeps filled, while its proxies run, with the fail-open devices' proxied ports. */
+export const PROXY_ALIVE = { ipv4: 'proxy_alive_v4', ipv6: 'proxy_alive_v6' } as const;
 
 /** What produced a line of the ruleset: nft's errors are mapped back to it. */
 export interface LineSource {
@@ -229,9 +238,54 @@ export function compile(model: Model, opts: CompileOptions): CompiledRuleset {
   e.line('\t\tcounter accept comment "allowed by every device allow-list it met, or involves no listed device"', fwd);
   e.line('\t}');
 
+  const proxies = failsafe ? [] : model.devices.flatMap((d) => d.proxies.map((p) => ({ dev: d, p })));
+  const listenRange = g.protocols.listenPorts;
+  if (proxies.length > 0) {
+    const [first] = listenRange.split('-').map(Number) as [number];
+    const listen = (key: string, i: number) => opts.listenPorts?.get(key) ?? first + i;
+    const proxySource: LineSource = { what: 'inline proxies' };
+    for (const family of FAMILIES) {
+      if (!proxies.some(({ dev }) => dev.addresses[family] !== undefined && dev.failMode === 'open')) continue;
+      e.line(`\tset ${PROXY_ALIVE[family]} {`, proxySource);
+      e.line(`\t\ttype ${ADDR[family]} . inet_service; flags timeout`);
+      e.line(`\t\tcomment "fail-open devices' proxied ports, kept filled by the running agent: when it stops, their traffic bypasses the proxy"`);
+      e.line('\t}');
+    }
+    const sortedKeys = proxies.map(({ p }) => p.key).sort();
+    for (const { dev, p } of proxies) {
+      for (const family of FAMILIES) {
+        const peers = p.entries.flatMap((x) => x.peers.filter((r) => r.family === family));
+        if (dev.addresses[family] === undefined || peers.length === 0) continue;
+        e.line(`\tset proxy_${ident(dev.id)}_${p.port}_${V[family]} {`, { what: `proxied port ${p.key}`, src: dev.src });
+        e.line(`\t\ttype ${ADDR[family]}; flags interval; auto-merge`);
+        e.line(`\t\telements = { ${peers.map(formatRange).join(', ')} }`, { what: `peers of ${p.entries.map((x) => x.id).join(', ')}`, src: dev.src });
+        e.line('\t}');
+      }
+    }
+    e.line('\tchain proxy {');
+    e.line('\t\ttype nat hook prerouting priority dstnat; policy accept;');
+    for (const { dev, p } of proxies) {
+      const port = listen(p.key, sortedKeys.indexOf(p.key));
+      for (const family of FAMILIES) {
+        const address = dev.addresses[family];
+        if (address === undefined || !p.entries.some((x) => x.peers.some((r) => r.family === family))) continue;
+        const alive = dev.failMode === 'open' ? ` ${IP[family]} daddr . tcp dport @${PROXY_ALIVE[family]}` : '';
+        e.line(
+          `\t\t${IP[family]} daddr ${formatAddress(family, address)} tcp dport ${p.port} ${IP[family]} saddr @proxy_${ident(dev.id)}_${p.port}_${V[family]}${alive} counter redirect to :${port} comment ${quote(`${p.key} to the ${p.app} proxy (failMode ${dev.failMode}), ${where(dev.src)}`)}`,
+          { what: `proxied port ${p.key}`, src: dev.src },
+        );
+      }
+    }
+    e.line('\t}');
+  }
+
   const inp: LineSource = { what: 'input chain (the gateway itself)' };
   e.line('\tchain input {');
   e.line('\t\ttype filter hook input priority filter; policy accept;');
+  if (proxies.length > 0) {
+    e.line(`\t\ttcp dport ${listenRange} ct status dnat counter accept comment "redirected to the inline proxies"`, inp);
+    e.line(`\t\ttcp dport ${listenRange} counter drop comment "the proxies take only connections the ruleset redirected"`, inp);
+  }
   e.line('\t\tiif "lo" counter accept comment "loopback"', inp);
   e.line('\t\tct state established,related counter accept comment "replies to the gateway\'s own connections"', inp);
   for (const family of FAMILIES) {

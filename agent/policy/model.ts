@@ -1,10 +1,12 @@
 // The allow-list model: policies resolved across files (groups expanded, ports parsed, devices
 // checked against the gateway), ready to compile. Cross-file mistakes are found here.
 import { createHash } from 'node:crypto';
+import { dirname, resolve } from 'node:path';
 import { ConfigError, formatPath, type Diagnostic, type SourceRef } from '../config/diagnostics.js';
 import type { LoadedConfig } from '../config/load.js';
 import type { AllowEntry, Device, GatewayConfig, PortSpec, ProbeConfig } from '../config/schema.js';
 import { locate, type YamlSource } from '../config/yaml-source.js';
+import type { DicomRules, ModbusRules } from '../protocols/schema.js';
 import { contains, familyOf, parseAddress, parsePrefix, type AddrRange, type Family } from './net.js';
 
 export type Direction = 'inbound' | 'outbound';
@@ -23,7 +25,26 @@ export interface ResolvedEntry {
   /** The peer's addresses, both families; the compiler uses those of the device's families. */
   peers: AddrRange[];
   app?: AllowEntry['app'];
+  /** Application rules: the entry's traffic goes through the inline proxy (docs/protocols.md). */
+  modbus?: ModbusRules;
+  dicom?: DicomRules;
   comment?: string;
+}
+
+/** A device port whose inbound connections the ruleset steers to an inline proxy. */
+export interface ProxyTarget {
+  /** "<device>:<port>": the listen-port assignment is keyed by it. */
+  key: string;
+  device: string;
+  /** The port peers connect to on the device. */
+  port: number;
+  /** The port the proxy connects to on the device (differs only with DICOM TLS). */
+  devicePort: number;
+  app: 'modbus' | 'dicom';
+  /** Whose rules apply to which peers: every inbound tcp entry covering the port. */
+  entries: { id: string; peers: AddrRange[]; rules: ModbusRules | DicomRules | 'all' }[];
+  /** DICOM TLS on the hospital side: absolute paths. */
+  tls?: { cert: string; key: string; ca?: string };
 }
 
 export interface ResolvedDevice {
@@ -38,6 +59,7 @@ export interface ResolvedDevice {
   entries: ResolvedEntry[];
   probes: ProbeConfig[];
   silentAfterSeconds?: number;
+  proxies: ProxyTarget[];
 }
 
 export interface Model {
@@ -163,7 +185,22 @@ export function buildModel(loaded: LoadedConfig): Model {
         if (peers.some((p) => p.lo === 0n && p.hi === (p.family === 'ipv4' ? 0xffffffffn : (1n << 128n) - 1n))) {
           at(source, [...path, 'peer'], 'warning', `"${e.peer}" allows any host`);
         }
+        const appRules = e.modbus !== undefined ? 'modbus' : e.dicom !== undefined ? 'dicom' : undefined;
+        if (e.modbus !== undefined && e.dicom !== undefined) at(source, [...path, 'dicom'], 'error', 'an entry carries modbus or dicom rules, not both');
+        if (appRules !== undefined) {
+          if (e.direction !== 'inbound') at(source, [...path, 'direction'], 'error', `${appRules} rules say what a peer may ask of the device: they apply to inbound entries only`);
+          if (e.proto !== 'tcp') at(source, [...path, 'proto'], 'error', `${appRules} rules need proto tcp`);
+          const wanted = appRules === 'modbus' ? 'Modbus' : 'DICOM';
+          if (e.app !== undefined && e.app !== wanted) at(source, [...path, 'app'], 'error', `app ${e.app} disagrees with the entry's ${appRules} rules`);
+          for (const [pi, p] of (e.ports ?? []).entries()) {
+            if (typeof p === 'string' && p.includes('-')) at(source, [...path, 'ports', pi], 'error', `a proxied entry names single ports, not a range (${p}): the proxy listens once per port`);
+          }
+        }
         if (diags.filter((x) => x.severity === 'error').length > before) return;
+        const policyDir = resolve(loaded.gateway.root, dirname(source.file));
+        const dicom = e.dicom?.tls
+          ? { ...e.dicom, tls: { ...e.dicom.tls, cert: resolve(policyDir, e.dicom.tls.cert), key: resolve(policyDir, e.dicom.tls.key), ...(e.dicom.tls.ca !== undefined ? { ca: resolve(policyDir, e.dicom.tls.ca) } : {}) } }
+          : e.dicom;
         entries.push({
           id: `${d.id}/allow[${ei}]`,
           src: locate(source, path),
@@ -172,10 +209,13 @@ export function buildModel(loaded: LoadedConfig): Model {
           ports: e.proto === 'icmp' ? [] : parsePorts(e.ports ?? []),
           peer: e.peer,
           peers,
-          ...(e.app !== undefined ? { app: e.app } : {}),
+          ...(e.app !== undefined ? { app: e.app } : appRules === 'modbus' ? { app: 'Modbus' as const } : appRules === 'dicom' ? { app: 'DICOM' as const } : {}),
+          ...(e.modbus !== undefined ? { modbus: e.modbus } : {}),
+          ...(dicom !== undefined ? { dicom } : {}),
           ...(e.comment !== undefined ? { comment: e.comment } : {}),
         });
       });
+      const proxies = proxyTargets(d.id, entries, (ei, field, message) => at(source, [...base, 'allow', ei, ...field], 'error', message));
 
       devices.push({
         id: d.id,
@@ -189,6 +229,7 @@ export function buildModel(loaded: LoadedConfig): Model {
         entries,
         probes: d.probes,
         ...(d.silentAfterSeconds !== undefined ? { silentAfterSeconds: d.silentAfterSeconds } : {}),
+        proxies,
       });
     });
   }
@@ -207,4 +248,56 @@ export function buildModel(loaded: LoadedConfig): Model {
     hash: createHash('sha256').update(canonical).digest('hex'),
     warnings: all.filter((d) => d.severity === 'warning'),
   };
+}
+
+/**
+ * The device ports that an entry with modbus or dicom rules proxies, each with every inbound tcp
+ * entry covering that port (allow-lists add up: an entry without rules lets its peers ask
+ * anything). Mistakes are reported against the entry that makes them.
+ */
+function proxyTargets(device: string, entries: readonly ResolvedEntry[], error: (entryIndex: number, field: PropertyKey[], message: string) => void): ProxyTarget[] {
+  const indexOf = (e: ResolvedEntry) => Number(/\[(\d+)\]$/.exec(e.id)?.[1] ?? 0);
+  const targets = new Map<number, ProxyTarget>();
+  const firstBy = new Map<number, string>();
+  for (const e of entries) {
+    const app = e.modbus !== undefined ? 'modbus' : e.dicom !== undefined ? 'dicom' : undefined;
+    if (app === undefined) continue;
+    for (const [port] of e.ports) {
+      const t = targets.get(port);
+      if (t && t.app !== app) {
+        error(indexOf(e), [app], `port ${port} of ${device} is proxied as ${t.app} by ${firstBy.get(port) ?? 'another entry'}; one port speaks one protocol`);
+        continue;
+      }
+      const tls = e.dicom?.tls;
+      if (t) {
+        const a = JSON.stringify(t.tls ?? null);
+        const b = JSON.stringify(tls ? { cert: tls.cert, key: tls.key, ...(tls.ca !== undefined ? { ca: tls.ca } : {}) } : null);
+        if (a !== b) error(indexOf(e), ['dicom', 'tls'], `the entries proxying port ${port} of ${device} disagree on tls; give them the same tls block`);
+        continue;
+      }
+      firstBy.set(port, e.id);
+      targets.set(port, {
+        key: `${device}:${port}`,
+        device,
+        port,
+        devicePort: tls?.devicePort ?? port,
+        app,
+        entries: [],
+        ...(tls ? { tls: { cert: tls.cert, key: tls.key, ...(tls.ca !== undefined ? { ca: tls.ca } : {}) } } : {}),
+      });
+    }
+  }
+  for (const t of targets.values()) {
+    for (const e of entries) {
+      if (e.direction !== 'inbound' || e.proto !== 'tcp' || !e.ports.some(([lo, hi]) => lo <= t.port && t.port <= hi)) continue;
+      const rules = t.app === 'modbus' ? e.modbus : e.dicom;
+      if (rules === undefined && (e.modbus !== undefined || e.dicom !== undefined)) continue; // reported above
+      if (rules === undefined && t.tls) {
+        error(indexOf(e), ['ports'], `port ${t.port} of ${device} is DICOM TLS in the proxy; this entry without dicom rules would expect plain traffic there`);
+        continue;
+      }
+      t.entries.push({ id: e.id, peers: e.peers, rules: rules ?? 'all' });
+    }
+  }
+  return [...targets.values()].sort((a, b) => a.port - b.port);
 }

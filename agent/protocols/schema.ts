@@ -159,6 +159,13 @@ export const ProtocolsSchema = z
     maxConnectionsPerPeer: z.number().int().min(1).max(10000).default(16).describe('Proxied connections at once from one peer address'),
     connectTimeoutMs: z.number().int().min(100).max(60000).default(3000).describe('How long the proxy waits for the device to accept'),
     idleTimeoutSeconds: z.number().int().min(1).max(86400).default(900).describe('A connection with no bytes either way for this long is closed'),
+    logBytes: z
+      .number()
+      .int()
+      .min(64 * 1024)
+      .max(16 * 1024 ** 3)
+      .default(16 * 1024 * 1024)
+      .describe('Most disk the application log (<stateDir>/app/: writes that passed, associations) may take'),
     modbus: z
       .object({
         maxPendingRequests: z.number().int().min(1).max(1024).default(32).describe('Requests forwarded and not yet answered, per connection; more are held until answers come'),

@@ -18,7 +18,6 @@
 // into one detections.suppressed event a minute. A port scan of a thousand ports from one host
 // is then one flow.denied per device it touched and one traffic.fanout.
 import type { GatewayConfig } from '../config/schema.js';
-import type { Severity } from '../mqtt/topics.js';
 import type { Model, ResolvedDevice } from '../policy/model.js';
 import { contains, parseAddress } from '../policy/net.js';
 import type { ConntrackEvent } from './conntrack.js';
@@ -26,21 +25,15 @@ import { appOf, type FlowRecord } from './flows.js';
 import type { Neighbour } from './neighbours.js';
 import type { NflogEvent } from './nflog.js';
 import type { Vendor } from './oui.js';
+import { EventLimiter, type LimitedEvent } from '../util/event-limiter.js';
 
-export interface Detection {
-  severity: Severity;
-  kind: string;
-  dedupKey: string;
-  message: string;
-  device?: string;
-  data: Record<string, unknown>;
-}
+export type Detection = LimitedEvent;
 
 export type DetectionsConfig = GatewayConfig['traffic']['detections'];
 
 /** Sources tracked for fan-out at once; more are not tracked until the window turns. */
 const MAX_SOURCES = 4096;
-/** Dedup keys remembered; the oldest are forgotten first. */
+/** Unlisted MACs and addresses remembered; the oldest are forgotten first. */
 const MAX_KEYS = 8192;
 
 interface Fanout {
@@ -66,8 +59,7 @@ export class Detector {
   private readonly byId = new Map<string, ResolvedDevice>();
   private readonly lastSeen = new Map<string, number>();
   private readonly silent = new Set<string>();
-  /** Dedup key -> when it was last raised and how many repeats were held back since. */
-  private readonly keys = new Map<string, { at: number; repeats: number }>();
+  private readonly limiter: EventLimiter;
   private readonly knownUnlisted = new Set<string>();
   /**
    * Unknown MACs seen without an address on the segments (a bridge's forwarding database, IPv6
@@ -79,16 +71,24 @@ export class Detector {
   private readonly pendingAddresses = new Map<string, number>();
   private fanout = new Map<string, Fanout>();
   private fanoutStart: number;
-  private minute: { start: number; raised: number; dropped: Map<string, number> };
   /** Counts, for health and tests. */
-  readonly stats = { raised: 0, deduplicated: 0, suppressed: 0 };
+  get stats(): EventLimiter['stats'] {
+    return this.limiter.stats;
+  }
 
   constructor(private readonly deps: DetectorDeps) {
     this.cfg = deps.config;
     this.now = deps.now ?? Date.now;
     const t = this.now();
     this.fanoutStart = t;
-    this.minute = { start: t, raised: 0, dropped: new Map() };
+    this.limiter = new EventLimiter({
+      dedupWindowSeconds: this.cfg.dedupWindowSeconds,
+      maxPerMinute: this.cfg.maxEventsPerMinute,
+      summaryKind: 'detections.suppressed',
+      noun: 'detection event(s)',
+      emit: deps.emit,
+      now: this.now,
+    });
     for (const d of deps.model.devices) {
       for (const [family, a] of Object.entries(d.addresses)) if (a !== undefined) this.byAddress.set(`${family}:${a}`, d);
       if (d.mac) this.byMac.set(d.mac, d);
@@ -333,47 +333,11 @@ export class Detector {
         });
       }
     }
-    this.turnMinute(now);
-  }
-
-  private turnMinute(now: number): void {
-    if (now - this.minute.start < 60_000) return;
-    const dropped = this.minute.dropped;
-    this.minute = { start: now, raised: 0, dropped: new Map() };
-    if (dropped.size === 0) return;
-    const total = [...dropped.values()].reduce((a, b) => a + b, 0);
-    this.stats.raised++;
-    this.deps.emit({
-      severity: 'warning',
-      kind: 'detections.suppressed',
-      dedupKey: 'detections.suppressed',
-      message: `${total} detection event(s) held back in the last minute (more than ${this.cfg.maxEventsPerMinute} a minute)`,
-      data: { byKind: Object.fromEntries(dropped), total },
-    });
+    this.limiter.tick();
   }
 
   private raise(d: Detection): void {
-    const now = this.now();
-    const k = this.keys.get(d.dedupKey);
-    if (k && now - k.at < this.cfg.dedupWindowSeconds * 1000) {
-      k.repeats++;
-      this.stats.deduplicated++;
-      return;
-    }
-    this.turnMinute(now);
-    if (this.minute.raised >= this.cfg.maxEventsPerMinute) {
-      this.minute.dropped.set(d.kind, (this.minute.dropped.get(d.kind) ?? 0) + 1);
-      this.stats.suppressed++;
-      return;
-    }
-    this.minute.raised++;
-    if (this.keys.size >= MAX_KEYS && !k) {
-      const oldest = this.keys.keys().next();
-      if (!oldest.done) this.keys.delete(oldest.value);
-    }
-    this.keys.delete(d.dedupKey);
-    this.keys.set(d.dedupKey, { at: now, repeats: 0 });
-    this.stats.raised++;
-    this.deps.emit(k && k.repeats > 0 ? { ...d, data: { ...d.data, repeatsSinceLast: k.repeats } } : d);
+    this.limiter.raise(d);
   }
+
 }

@@ -270,8 +270,10 @@ function parseChain(name: string, body: Stmt[]): NftChain {
   for (const s of body) {
     const v = s.toks.map((t) => t.v);
     if (v[0] === 'type') {
-      if (v[1] !== 'filter' || v[2] !== 'hook' || v[4] !== 'priority' || v.length !== 6) throw new Error(`chain ${name}: bad type ${v.join(' ')}`);
-      chain.hook = v[3];
+      if ((v[1] !== 'filter' && v[1] !== 'nat') || v[2] !== 'hook' || v[4] !== 'priority' || v.length !== 6) throw new Error(`chain ${name}: bad type ${v.join(' ')}`);
+      // The proxies' nat chain is parsed (its sets must exist) but not evaluated: redirects are
+      // tested against the kernel (test/protocols/proxy-netns.test.ts).
+      chain.hook = v[1] === 'nat' ? `nat ${v[3]}` : v[3];
     } else if (v[0] === 'policy') {
       if (v[1] !== 'accept' && v[1] !== 'drop') throw new Error(`chain ${name}: bad policy`);
       chain.policy = v[1];

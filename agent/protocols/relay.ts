@@ -1,0 +1,274 @@
+// The inline proxies' TCP side: one listener per proxied device port, each connection relayed
+// to the device through a protocol session that decides what passes (types.ts). The relay owns
+// what the session does not: connection limits per peer and in all, the device's connect
+// timeout, the idle timeout, backpressure both ways (a side that does not read stops the other
+// from being read, so nothing grows without bound), TLS on the hospital side, and the rule that
+// a session's failure ends its connection, never the agent.
+import { createServer as createTcpServer, connect, isIPv4, type Server, type Socket } from 'node:net';
+import { createServer as createTlsServer, type TLSSocket } from 'node:tls';
+import { readFileSync } from 'node:fs';
+import type { ProtocolsConfig } from './schema.js';
+import type { Endpoint, ProtocolAlert, ProtocolRecord, ProtocolSession, SessionContext, SessionOutput } from './types.js';
+
+/** A socket's write buffer beyond this pauses reading from the other side until it drains. */
+const HIGH_WATER = 256 * 1024;
+
+export interface RelayTarget {
+  /** "<device>:<port>". */
+  key: string;
+  device: string;
+  app: string;
+  listenPort: number;
+  devicePort: number;
+  /** The device's addresses, by family: a peer reaches the device over its own family. */
+  addresses: { ipv4?: string; ipv6?: string };
+  enforce: boolean;
+  tls?: { cert: string; key: string; ca?: string };
+  /** The session for one connection, or undefined when the peer is on none of the port's entries. */
+  session(ctx: SessionContext): ProtocolSession | undefined;
+}
+
+export interface RelayDeps {
+  config: Pick<ProtocolsConfig, 'maxConnections' | 'maxConnectionsPerPeer' | 'connectTimeoutMs' | 'idleTimeoutSeconds'>;
+  /** Where the listeners bind: "::" (every address: the ruleset's redirect picks the one) by default. */
+  host?: string;
+  alert(a: ProtocolAlert & { device: string }): void;
+  record(r: ProtocolRecord & { device: string }): void;
+  log: { info(o: object, m?: string): void; warn(o: object, m?: string): void; error(o: object, m?: string): void };
+  now?: () => number;
+}
+
+export interface RelayStats {
+  connections: number;
+  accepted: number;
+  refused: number;
+  closedByFilter: number;
+  sessionErrors: number;
+}
+
+/** An IPv4 peer on a dual-stack listener shows as ::ffff:a.b.c.d; the policy knows it as a.b.c.d. */
+export function plainAddress(a: string | undefined): string {
+  if (a === undefined) return '';
+  return a.startsWith('::ffff:') && isIPv4(a.slice(7)) ? a.slice(7) : a;
+}
+
+export class ProxyRelay {
+  private readonly servers = new Map<string, Server>();
+  private readonly perPeer = new Map<string, number>();
+  private readonly sockets = new Set<Socket>();
+  readonly stats: RelayStats = { connections: 0, accepted: 0, refused: 0, closedByFilter: 0, sessionErrors: 0 };
+
+  constructor(private readonly deps: RelayDeps) {}
+
+  /** Starts the listener of one target; resolves when it listens. */
+  async listen(target: RelayTarget): Promise<void> {
+    const onSocket = (s: Socket) => this.accept(target, s);
+    let server: Server;
+    if (target.tls) {
+      const t = target.tls;
+      server = createTlsServer(
+        {
+          cert: readFileSync(t.cert),
+          key: readFileSync(t.key),
+          minVersion: 'TLSv1.2',
+          ...(t.ca !== undefined ? { ca: readFileSync(t.ca), requestCert: true, rejectUnauthorized: true } : {}),
+          handshakeTimeout: this.deps.config.connectTimeoutMs,
+          allowHalfOpen: true,
+        },
+        onSocket,
+      );
+      server.on('tlsClientError', (err: Error, s: TLSSocket) => {
+        this.deps.alert({
+          device: target.device,
+          severity: 'warning',
+          kind: `${target.app}.tls-refused`,
+          dedupKey: `${target.app}.tls-refused/${target.device}/${plainAddress(s.remoteAddress)}`,
+          message: `${plainAddress(s.remoteAddress)} failed the TLS handshake for ${target.key}: ${err.message}`,
+          data: { peer: plainAddress(s.remoteAddress), target: target.key, reason: err.message },
+        });
+      });
+    } else {
+      server = createTcpServer({ allowHalfOpen: true, pauseOnConnect: true }, onSocket);
+    }
+    server.maxConnections = this.deps.config.maxConnections;
+    await new Promise<void>((resolve, reject) => {
+      server.once('error', reject);
+      server.listen({ port: target.listenPort, host: this.deps.host ?? '::', ipv6Only: false }, () => {
+        server.off('error', reject);
+        resolve();
+      });
+    });
+    server.on('error', (err) => this.deps.log.error({ err: err.message, target: target.key }, 'proxy listener failed'));
+    this.servers.set(target.key, server);
+  }
+
+  /** Stops a target's listener; its open connections are closed as well. */
+  async unlisten(key: string): Promise<void> {
+    const server = this.servers.get(key);
+    if (!server) return;
+    this.servers.delete(key);
+    await new Promise<void>((resolve) => server.close(() => resolve()));
+  }
+
+  listening(): string[] {
+    return [...this.servers.keys()];
+  }
+
+  async close(): Promise<void> {
+    const all = [...this.servers.keys()];
+    const closing = all.map((k) => this.unlisten(k));
+    for (const s of this.sockets) s.destroy();
+    await Promise.all(closing);
+  }
+
+  private accept(target: RelayTarget, peerSocket: Socket): void {
+    const now = this.deps.now ?? Date.now;
+    const peer: Endpoint = { address: plainAddress(peerSocket.remoteAddress), port: peerSocket.remotePort ?? 0 };
+    const family = isIPv4(peer.address) ? 'ipv4' : 'ipv6';
+    const deviceAddress = target.addresses[family];
+    const count = this.perPeer.get(peer.address) ?? 0;
+    const refuse = (kind: string, message: string, severity: ProtocolAlert['severity'] = 'warning') => {
+      this.stats.refused++;
+      this.deps.alert({ device: target.device, severity, kind, dedupKey: `${kind}/${target.device}/${peer.address}`, message, data: { peer: peer.address, target: target.key } });
+      peerSocket.resetAndDestroy();
+    };
+    if (this.sockets.size >= this.deps.config.maxConnections * 2) return refuse('proxy.limit', `${target.key}: ${this.deps.config.maxConnections} proxied connections open, ${peer.address} refused`);
+    if (count >= this.deps.config.maxConnectionsPerPeer) {
+      return refuse('proxy.limit', `${peer.address} has ${count} connections open through the proxies (limit ${this.deps.config.maxConnectionsPerPeer}); ${target.key} refused`);
+    }
+    if (deviceAddress === undefined) return refuse('proxy.refused', `${peer.address} reached ${target.key} over ${family}, which the device has no address for`);
+
+    const ctx: SessionContext = {
+      device: target.device,
+      peer,
+      target: { address: deviceAddress, port: target.devicePort },
+      enforce: target.enforce,
+      alert: (a) => this.deps.alert({ ...a, device: target.device }),
+      record: (r) => this.deps.record({ ...r, device: target.device }),
+      now,
+    };
+    let session: ProtocolSession | undefined;
+    try {
+      session = target.session(ctx);
+    } catch (err) {
+      this.stats.sessionErrors++;
+      this.deps.log.error({ err: (err as Error).message, target: target.key }, 'proxy session could not start');
+    }
+    if (!session) return refuse('proxy.refused', `${peer.address} is on none of ${target.key}'s allow entries: refused by the proxy`);
+    const s = session;
+
+    this.stats.accepted++;
+    this.stats.connections++;
+    this.perPeer.set(peer.address, count + 1);
+    const deviceSocket = connect({ host: deviceAddress, port: target.devicePort, allowHalfOpen: true, timeout: this.deps.config.connectTimeoutMs });
+    this.sockets.add(peerSocket);
+    this.sockets.add(deviceSocket);
+    let connected = false;
+    let ended = false;
+    let reason = '';
+    const finish = (why: string) => {
+      if (ended) return;
+      ended = true;
+      reason = why;
+      this.sockets.delete(peerSocket);
+      this.sockets.delete(deviceSocket);
+      this.stats.connections--;
+      const left = (this.perPeer.get(peer.address) ?? 1) - 1;
+      if (left <= 0) this.perPeer.delete(peer.address);
+      else this.perPeer.set(peer.address, left);
+      try {
+        s.end(reason);
+      } catch (err) {
+        this.stats.sessionErrors++;
+        this.deps.log.error({ err: (err as Error).message, target: target.key }, 'proxy session failed at its end');
+      }
+    };
+    const closeBoth = (why: string, graceful: boolean) => {
+      if (!ended) finish(why);
+      if (graceful) {
+        peerSocket.end();
+        deviceSocket.end();
+        // A side that never reads must not hold the connection open.
+        setTimeout(() => {
+          peerSocket.destroy();
+          deviceSocket.destroy();
+        }, 2000).unref();
+      } else {
+        peerSocket.destroy();
+        deviceSocket.destroy();
+      }
+    };
+
+    // Reading a side pauses while either write buffer is over the mark.
+    const congested = () => peerSocket.writableLength > HIGH_WATER || deviceSocket.writableLength > HIGH_WATER;
+    const apply = (out: SessionOutput, from: Socket) => {
+      for (const b of out.toDevice) deviceSocket.write(b);
+      for (const b of out.toPeer) peerSocket.write(b);
+      if (out.close !== undefined) {
+        this.stats.closedByFilter++;
+        closeBoth(out.close, true);
+        return;
+      }
+      if (congested()) {
+        from.pause();
+        const resume = () => {
+          if (!congested() && !ended) from.resume();
+        };
+        peerSocket.once('drain', resume);
+        deviceSocket.once('drain', resume);
+      }
+    };
+    const feed = (from: Socket, chunk: Buffer) => {
+      if (ended) return;
+      let out: SessionOutput;
+      try {
+        out = from === peerSocket ? s.fromPeer(chunk) : s.fromDevice(chunk);
+      } catch (err) {
+        this.stats.sessionErrors++;
+        this.deps.log.error({ err: (err as Error).message, stack: (err as Error).stack, target: target.key, peer: peer.address }, 'proxy session failed: connection closed');
+        this.deps.alert({ device: target.device, severity: 'warning', kind: 'proxy.error', dedupKey: `proxy.error/${target.key}`, message: `the ${target.app} proxy for ${target.key} failed on a connection from ${peer.address} and closed it`, data: { peer: peer.address, target: target.key, error: (err as Error).message } });
+        closeBoth('session error', false);
+        return;
+      }
+      apply(out, from);
+    };
+
+    peerSocket.on('data', (c: Buffer) => feed(peerSocket, c));
+    deviceSocket.on('data', (c: Buffer) => feed(deviceSocket, c));
+    deviceSocket.once('connect', () => {
+      connected = true;
+      deviceSocket.setTimeout(this.deps.config.idleTimeoutSeconds * 1000);
+      peerSocket.resume();
+    });
+    deviceSocket.on('timeout', () => {
+      if (!connected) {
+        this.deps.alert({ device: target.device, severity: 'warning', kind: 'proxy.device-unreachable', dedupKey: `proxy.device-unreachable/${target.key}`, message: `the ${target.app} proxy could not reach ${target.key} within ${this.deps.config.connectTimeoutMs} ms`, data: { target: target.key, peer: peer.address } });
+        closeBoth('device connect timeout', false);
+      } else closeBoth('idle timeout', true);
+    });
+    peerSocket.setTimeout(this.deps.config.idleTimeoutSeconds * 1000, () => closeBoth('idle timeout', true));
+    // The other side learns of an end once what came before it is written.
+    peerSocket.on('end', () => {
+      if (!ended) deviceSocket.end();
+    });
+    deviceSocket.on('end', () => {
+      if (!ended) peerSocket.end();
+    });
+    const onError = (side: string) => (err: Error) => {
+      if (side === 'device' && !connected) {
+        this.deps.alert({ device: target.device, severity: 'warning', kind: 'proxy.device-unreachable', dedupKey: `proxy.device-unreachable/${target.key}`, message: `the ${target.app} proxy could not reach ${target.key}: ${err.message}`, data: { target: target.key, peer: peer.address, error: err.message } });
+      }
+      closeBoth(`${side} ${err.message}`, false);
+    };
+    peerSocket.on('error', onError('peer'));
+    deviceSocket.on('error', onError('device'));
+    // A side that closes ends the other once its bytes are written; one that never reads is cut.
+    const onClose = (other: Socket) => () => {
+      if (other.destroyed) return finish(reason || 'closed');
+      other.end();
+      setTimeout(() => other.destroy(), 2000).unref();
+    };
+    peerSocket.on('close', onClose(deviceSocket));
+    deviceSocket.on('close', onClose(peerSocket));
+  }
+}
