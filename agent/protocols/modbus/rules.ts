@@ -145,7 +145,7 @@ export function compileRanges(specs: readonly NumberRangeSpec[], max: number, wh
   const pairs: [number, number][] = specs.map((spec) => {
     if (typeof spec === 'number') return [spec, spec];
     const m = /^(\d{1,5})-(\d{1,5})$/.exec(spec);
-    if (!m) throw new Error(`modbus rules: "${spec}" is not a ${what} or a range "low-high"`);
+    if (!m) throw new Error(`modbus rules: ${what} "${spec}" is not a number or a range "low-high"`);
     return [Number(m[1]), Number(m[2])];
   });
   for (const [lo, hi] of pairs) {
