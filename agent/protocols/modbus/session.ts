@@ -1,8 +1,9 @@
 // The Modbus TCP filter for one connection: requests from the peer are framed, parsed and checked
 // against the allow entries' rules; what passes goes to the device byte for byte, what does not
 // is answered by the filter itself with the exception a device would give ([MAP] 7). Answers from
-// the device are framed and paired with the requests by transaction id ([TCP] 3.1.3, 4.2.1.1:
-// a client may have several requests outstanding, answered in any order).
+// the device are framed and paired with the requests by transaction id ([TCP] 3.1.3: the server
+// copies it from the request), so a client may have several requests outstanding, answered in
+// any order.
 //
 // Pure (types.ts): no sockets, no timers; time comes from ctx.now().
 import { nothing, type ProtocolAlert, type ProtocolSession, type SessionContext, type SessionOutput } from '../types.js';
