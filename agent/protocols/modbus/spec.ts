@@ -40,8 +40,5 @@ export const FUNCTION_NAMES: readonly (ModbusFunctionName | undefined)[] = (() =
   return names;
 })();
 
-/** The functions that write to the device's data ([MAP] 6.5, 6.6, 6.11, 6.12, 6.15, 6.16, 6.17). */
-export const WRITE_FUNCTIONS: ReadonlySet<number> = new Set([0x05, 0x06, 0x0f, 0x10, 0x15, 0x16, 0x17]);
-
 /** Two hex digits, as function codes are written in the specification. */
 export const hex2 = (n: number): string => `0x${n.toString(16).padStart(2, '0')}`;
