@@ -1,0 +1,150 @@
+// The inline proxies in a namespace site (router mode), with real peers: mbpoll from the
+// hospital side, pymodbus as the device. The ruleset steers allowed peers' connections to the
+// device's Modbus port into the agent's proxy, which passes what the entry allows and answers
+// the rest with a Modbus exception; the device's registers show what really reached it.
+import { existsSync, readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { canRoot, GROUPS, GW4, Lab, ROOT, skipReason, sleep, stopAgent, until, v4, warnSkip, type Agent } from '../integration/site.js';
+
+warnSkip('protocols netns', skipReason);
+
+const PLC = `apiVersion: wardgate/v1
+kind: Policy
+devices:
+  - id: plc-01
+    class: lab-analyzer
+    criticality: medium
+    mode: enforce
+    ipv4: 10.20.0.21
+    allow:
+      - peer: pacs
+        direction: inbound
+        proto: tcp
+        ports: [502]
+        modbus: { profile: read-only, unitIds: [1] }
+      - peer: biomed
+        direction: inbound
+        proto: tcp
+        ports: [502]
+        modbus:
+          profile: read-write
+          write: { holdingRegisters: ["100-119"] }
+`;
+
+const DEVICE = join(ROOT, 'hardware', 'sim', 'modbus_device.py');
+
+/** mbpoll in a host's namespace: one poll, its output and exit code. */
+async function mbpoll(lab: Lab, host: string, args: string[]): Promise<{ code: number; out: string }> {
+  const r = await lab.site.exec(host, ['mbpoll', '-m', 'tcp', '-1', '-0', '-o', '1', ...args], { timeoutMs: 15000 });
+  return { code: r.code, out: r.stdout + r.stderr };
+}
+
+/** Holding registers read straight from the device, from the gateway (not redirected). */
+async function holding(lab: Lab, address: number, count = 1): Promise<number[]> {
+  const r = await mbpoll(lab, 'gw', ['-a', '1', '-r', String(address), '-c', String(count), v4('pump')]);
+  if (r.code !== 0) throw new Error(`direct read failed: ${r.out}`);
+  return [...r.out.matchAll(/^\[\d+\]:\s+(-?\d+)/gm)].map((m) => Number(m[1]));
+}
+
+describe.skipIf(!canRoot)('Modbus proxy in a namespace site', () => {
+  let lab: Lab;
+  let agent: Agent | undefined;
+
+  beforeAll(async () => {
+    lab = await Lab.create({ mode: 'router', hosts: ['pacs', 'biomed', 'stranger', 'mgmt', 'pump'], policies: { '00-groups.yaml': GROUPS, 'plc.yaml': PLC } });
+    const device = lab.site.spawn('pump', ['/usr/bin/python3', DEVICE, v4('pump'), '502']);
+    await new Promise<void>((resolve, reject) => {
+      let out = '';
+      device.stdout?.on('data', (d: Buffer) => {
+        out += d.toString();
+        if (out.includes('listening')) resolve();
+      });
+      device.stderr?.on('data', (d: Buffer) => (out += d.toString()));
+      device.on('exit', (code) => reject(new Error(`the Modbus device exited ${code}: ${out}`)));
+    });
+    await lab.commit();
+    agent = lab.startAgent();
+    const a = agent;
+    await until('the proxy answers through the gateway', async () => {
+      if (a.child.exitCode !== null) throw new Error(`agent exited: ${a.output()}`);
+      const r = await mbpoll(lab, 'pacs', ['-a', '1', '-r', '0', '-c', '1', v4('pump')]);
+      return r.code === 0;
+    }, 30000, 500);
+  }, 90000);
+
+  afterAll(async () => {
+    await stopAgent(agent);
+    await lab?.destroy();
+  });
+
+  it('passes an allowed read whole', async () => {
+    const r = await mbpoll(lab, 'pacs', ['-a', '1', '-r', '0', '-c', '4', v4('pump')]);
+    expect(r.code, r.out).toBe(0);
+    expect([...r.out.matchAll(/^\[\d+\]:\s+(\d+)/gm)].map((m) => Number(m[1]))).toEqual([0, 1, 2, 3]);
+  });
+
+  it('answers a write from a read-only peer with exception 01, and the device is unchanged', async () => {
+    const r = await mbpoll(lab, 'pacs', ['-a', '1', '-r', '10', v4('pump'), '555']);
+    expect(r.code).not.toBe(0);
+    expect(r.out).toMatch(/Illegal function/i);
+    expect(await holding(lab, 10)).toEqual([10]);
+  });
+
+  it('a unit id outside the entry is refused (exception, not a timeout)', async () => {
+    const r = await mbpoll(lab, 'pacs', ['-a', '2', '-r', '0', '-c', '1', v4('pump')]);
+    expect(r.code).not.toBe(0);
+    expect(r.out).toMatch(/Illegal data address|Gateway path/i);
+  });
+
+  it('passes a write inside the allowed range and refuses one outside it with exception 02', async () => {
+    const ok = await mbpoll(lab, 'biomed', ['-a', '1', '-r', '105', v4('pump'), '4242']);
+    expect(ok.code, ok.out).toBe(0);
+    expect(await holding(lab, 105)).toEqual([4242]);
+    const denied = await mbpoll(lab, 'biomed', ['-a', '1', '-r', '150', v4('pump'), '4242']);
+    expect(denied.code).not.toBe(0);
+    expect(denied.out).toMatch(/Illegal data address/i);
+    expect(await holding(lab, 150)).toEqual([150]);
+  });
+
+  it('logs the write that passed with unit, address, values and the original addresses', async () => {
+    const file = join(lab.stateDir, 'app', 'app.ndjson');
+    const line = await until('the write in the application log', () => {
+      if (!existsSync(file)) return undefined;
+      return readFileSync(file, 'utf8').split('\n').find((l) => l.includes('"modbus.write"') && l.includes('4242'));
+    });
+    const rec = JSON.parse(line) as Record<string, unknown>;
+    expect(rec).toMatchObject({ kind: 'modbus.write', device: 'plc-01', unit: 1 });
+    expect(JSON.stringify(rec)).toContain(v4('biomed'));
+    expect(JSON.stringify(rec)).toContain('105');
+  });
+
+  it('raises modbus.denied events for the refusals', async () => {
+    const a = agent as Agent;
+    await until('modbus.denied in the agent log', () => a.output().includes('modbus.denied'));
+  });
+
+  it('a peer on no entry never reaches the proxy: the kernel drops it', async () => {
+    const r = await mbpoll(lab, 'stranger', ['-a', '1', '-r', '0', '-c', '1', v4('pump')]);
+    expect(r.code).not.toBe(0);
+    expect(r.out, r.out).toMatch(/Connection failed|timed out|in progress/i);
+    expect(r.out).not.toMatch(/refused/i);
+  });
+
+  it('the proxies\' listen ports take no connection that was not redirected, even from management', async () => {
+    // Management networks reach the gateway on every other port (the ssh of the same host does).
+    await lab.listen('gw', 'tcp', [2222]);
+    expect((await lab.connect('mgmt', 'tcp', GW4, 2222, 1500)).ok).toBe(true);
+    const r = await lab.connect('mgmt', 'tcp', GW4, 40100, 1500);
+    expect(r).toEqual({ ok: false, why: 'timeout' });
+  });
+
+  it('a fail-closed device refuses connections while the proxy is down', async () => {
+    await stopAgent(agent);
+    agent = undefined;
+    await sleep(500);
+    const r = await mbpoll(lab, 'pacs', ['-a', '1', '-r', '0', '-c', '1', v4('pump')]);
+    expect(r.code).not.toBe(0);
+    expect(r.out).toMatch(/refused/i);
+  });
+});
