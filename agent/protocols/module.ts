@@ -198,7 +198,7 @@ export class ProtocolsModule implements Module {
   /** Keeps the fail-open ports in the alive set while the proxies answer (flush and fill: one transaction). */
   private async refreshAlive(): Promise<void> {
     if (!this.deps.nft || this.failOpen.length === 0) return;
-    const alive = this.child !== undefined && Date.now() - this.lastAlive < 3000;
+    const alive = !this.stopping && this.child !== undefined && Date.now() - this.lastAlive < 3000;
     const up = alive ? this.failOpen.filter((f) => this.state.listening.includes(f.key)) : [];
     const lines: string[] = [];
     for (const family of ['ipv4', 'ipv6'] as Family[]) {
@@ -234,6 +234,9 @@ export class ProtocolsModule implements Module {
     this.stopping = true;
     clearInterval(this.aliveTimer);
     clearTimeout(this.restartTimer);
+    // A planned stop (an upgrade, a restart) hands the fail-open ports to the kernel's allow-list
+    // at once, instead of refusing their connections until the alive elements expire.
+    await this.refreshAlive();
     const c = this.child;
     if (c) {
       const exited = new Promise<void>((r) => c.once('exit', () => r()));

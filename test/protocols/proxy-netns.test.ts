@@ -30,6 +30,13 @@ devices:
         modbus:
           profile: read-write
           write: { holdingRegisters: ["100-119"] }
+  - id: vent-gw-01
+    class: ventilator-gateway
+    criticality: life-critical
+    mode: enforce
+    ipv4: 10.20.0.41
+    allow:
+      - { peer: pacs, direction: inbound, proto: tcp, ports: [502], modbus: { profile: read-only } }
 `;
 
 const DEVICE = join(ROOT, 'hardware', 'sim', 'modbus_device.py');
@@ -52,17 +59,19 @@ describe.skipIf(!canRoot)('Modbus proxy in a namespace site', () => {
   let agent: Agent | undefined;
 
   beforeAll(async () => {
-    lab = await Lab.create({ mode: 'router', hosts: ['pacs', 'biomed', 'stranger', 'mgmt', 'pump'], policies: { '00-groups.yaml': GROUPS, 'plc.yaml': PLC } });
-    const device = lab.site.spawn('pump', ['/usr/bin/python3', DEVICE, v4('pump'), '502']);
-    await new Promise<void>((resolve, reject) => {
-      let out = '';
-      device.stdout?.on('data', (d: Buffer) => {
-        out += d.toString();
-        if (out.includes('listening')) resolve();
+    lab = await Lab.create({ mode: 'router', hosts: ['pacs', 'biomed', 'stranger', 'mgmt', 'pump', 'monitor'], policies: { '00-groups.yaml': GROUPS, 'plc.yaml': PLC } });
+    for (const host of ['pump', 'monitor'] as const) {
+      const device = lab.site.spawn(host, ['/usr/bin/python3', DEVICE, v4(host), '502']);
+      await new Promise<void>((resolve, reject) => {
+        let out = '';
+        device.stdout?.on('data', (d: Buffer) => {
+          out += d.toString();
+          if (out.includes('listening')) resolve();
+        });
+        device.stderr?.on('data', (d: Buffer) => (out += d.toString()));
+        device.on('exit', (code) => reject(new Error(`the Modbus device exited ${code}: ${out}`)));
       });
-      device.stderr?.on('data', (d: Buffer) => (out += d.toString()));
-      device.on('exit', (code) => reject(new Error(`the Modbus device exited ${code}: ${out}`)));
-    });
+    }
     await lab.commit();
     agent = lab.startAgent();
     const a = agent;
@@ -139,12 +148,29 @@ describe.skipIf(!canRoot)('Modbus proxy in a namespace site', () => {
     expect(r).toEqual({ ok: false, why: 'timeout' });
   });
 
-  it('a fail-closed device refuses connections while the proxy is down', async () => {
+  it('the fail-open device is filtered while the proxies run', async () => {
+    const r = await mbpoll(lab, 'pacs', ['-a', '1', '-r', '7', v4('monitor'), '31']);
+    expect(r.out).toMatch(/Illegal function/i);
+    const j = await lab.nftJson();
+    const alive = j.nftables.find((o) => o.set?.name === 'proxy_alive_v4')?.set;
+    expect(JSON.stringify(alive?.elem ?? [])).toContain('10.20.0.41');
+  });
+
+  it('when the proxies stop, a fail-closed device refuses connections and a fail-open one is reached past them', async () => {
     await stopAgent(agent);
     agent = undefined;
     await sleep(500);
-    const r = await mbpoll(lab, 'pacs', ['-a', '1', '-r', '0', '-c', '1', v4('pump')]);
-    expect(r.code).not.toBe(0);
-    expect(r.out).toMatch(/refused/i);
+    const closed = await mbpoll(lab, 'pacs', ['-a', '1', '-r', '0', '-c', '1', v4('pump')]);
+    expect(closed.code).not.toBe(0);
+    expect(closed.out).toMatch(/refused/i);
+    // A stopping agent empties the alive set (a killed one lets it expire in 6 s): the kernel's
+    // allow-list alone then stands for the device, so the first try passes.
+    const open = await mbpoll(lab, 'pacs', ['-a', '1', '-r', '7', v4('monitor'), '31']);
+    expect(open.code, open.out).toBe(0);
+    expect((await lab.site.exec('gw', ['mbpoll', '-m', 'tcp', '-1', '-0', '-a', '1', '-r', '7', '-c', '1', v4('monitor')])).stdout).toMatch(/\[7\]:\s+31/);
+    // Only the proxy is bypassed: a peer on no entry is still dropped by the kernel.
+    const stranger = await mbpoll(lab, 'stranger', ['-a', '1', '-r', '0', '-c', '1', v4('monitor')]);
+    expect(stranger.code).not.toBe(0);
+    expect(stranger.out).not.toMatch(/refused/i);
   });
 });
