@@ -31,7 +31,7 @@ import { Outbox, type Priority } from './mqtt/outbox.js';
 import { envelope, type DeviceHealthPayload, type EventPayload, type HealthPayload, type Severity } from './mqtt/topics.js';
 import type { PolicyManager } from './policy/apply.js';
 import type { Backend } from './policy/backend.js';
-import { ensureBridgeNetfilter } from './policy/bridge.js';
+import { bridgeProxyProblems, ensureBridgeNetfilter } from './policy/bridge.js';
 import { PolicyKeeper, type KeeperEvent } from './policy/keeper.js';
 import { buildModel, type Model, type ResolvedDevice } from './policy/model.js';
 import { runProbe } from './health/probes.js';
@@ -196,6 +196,8 @@ export class Controller {
         const l = loadAndCompile(this.opts, true);
         const timeout = typeof args.timeoutSeconds === 'number' ? args.timeoutSeconds : l.model.gateway.commitConfirm.timeoutSeconds;
         const notes = l.model.gateway.mode === 'bridge' ? await ensureBridgeNetfilter(this.backend, true) : [];
+        const problems = await bridgeProxyProblems(this.backend, l.model);
+        if (problems.length > 0) throw new Error(`not applied: ${problems.join('; ')}`);
         const pending = await this.policy.apply(l.compiled, l.failsafe, l.model.hash, timeout);
         return { change: pending.id, deadline: new Date(pending.deadline).toISOString(), policyHash: l.model.hash, notes };
       },

@@ -6,7 +6,8 @@ import { createTwoFilesPatch } from 'diff';
 import { formatDiagnostic } from '../config/diagnostics.js';
 import { jsonSchemas } from '../config/schema.js';
 import { type PolicyManager, type PolicyStatus } from '../policy/apply.js';
-import { ensureBridgeNetfilter } from '../policy/bridge.js';
+import { bridgeProxyProblems, ensureBridgeNetfilter } from '../policy/bridge.js';
+import { NftError } from '../policy/backend.js';
 import { writeFileAtomic } from '../util/fsx.js';
 import { chooseBackend, loadAndCompile, manager, stateDirOnly, UsageError, type GlobalOptions, type Loaded } from './context.js';
 import type { Io } from './io.js';
@@ -98,6 +99,7 @@ export async function policyCommand(sub: string | undefined, opts: PolicyOptions
       await m.check(l.compiled);
       await m.check(l.failsafe);
       if (l.model.gateway.mode === 'bridge') for (const note of await ensureBridgeNetfilter(backend, false)) io.err(note);
+      for (const problem of await bridgeProxyProblems(backend, l.model)) io.err(`warning: ${problem}`);
       const by = backend.kind === 'nft' ? 'nft -c accepted it' : 'not checked by nft (dry run)';
       io.out(`ok: ${summary(l)}; ${by}`);
       return 0;
@@ -123,6 +125,8 @@ export async function policyCommand(sub: string | undefined, opts: PolicyOptions
       const timeout = opts.timeout === undefined ? l.model.gateway.commitConfirm.timeoutSeconds : Number(opts.timeout);
       if (!Number.isInteger(timeout) || timeout < 1 || timeout > 3600) throw new UsageError('--timeout takes whole seconds from 1 to 3600');
       if (l.model.gateway.mode === 'bridge') for (const note of await ensureBridgeNetfilter(backend, true)) io.out(note);
+      const problems = await bridgeProxyProblems(backend, l.model);
+      if (problems.length > 0) throw new NftError(`not applied: ${problems.join('; ')}`);
       const pending = await m.apply(l.compiled, l.failsafe, l.model.hash, timeout);
       const pid = spawnWatcher(globalArgv(opts, l.path, l.stateDir), l.stateDir);
       if (pid !== undefined) m.setWatcher(pending.id, pid);

@@ -45,6 +45,8 @@ export interface Backend {
   /** Reads a sysctl in the enforcement namespace; undefined when it does not exist. */
   readSysctl(name: string): Promise<string | undefined>;
   writeSysctl(name: string, value: string): Promise<void>;
+  /** The addresses of an interface in the enforcement namespace ("ipv4"/"ipv6" and text); undefined: not known (dry run, no such interface). */
+  interfaceAddresses(ifname: string): Promise<{ family: 'ipv4' | 'ipv6'; address: string }[] | undefined>;
 }
 
 interface RunResult {
@@ -138,6 +140,13 @@ export class NftBackend implements Backend {
     const r = this.netns ? await run('ip', ['netns', 'exec', this.netns, 'sysctl', ...args]) : await run('sysctl', args);
     if (r.code !== 0) throw new NftError(`cannot set ${name}=${value}: ${r.stderr.trim()}`);
   }
+
+  async interfaceAddresses(ifname: string): Promise<{ family: 'ipv4' | 'ipv6'; address: string }[] | undefined> {
+    const r = await run('ip', [...(this.netns ? ['-n', this.netns] : []), '-j', 'addr', 'show', 'dev', ifname]);
+    if (r.code !== 0) return undefined;
+    const links = JSON.parse(r.stdout) as { addr_info?: { family: string; local: string; scope: string }[] }[];
+    return links.flatMap((l) => l.addr_info ?? []).filter((a) => a.scope !== 'link' && a.scope !== 'host').map((a) => ({ family: a.family === 'inet' ? 'ipv4' : 'ipv6', address: a.local }));
+  }
 }
 
 /**
@@ -188,6 +197,10 @@ export class DryRunBackend implements Backend {
 
   async writeSysctl(): Promise<void> {
     await Promise.resolve();
+  }
+
+  interfaceAddresses(): Promise<undefined> {
+    return Promise.resolve(undefined);
   }
 }
 
