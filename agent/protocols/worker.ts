@@ -34,7 +34,7 @@ export function sessionFor(t: WorkerTarget, config: ProtocolsConfig, ctx: Sessio
   const rules = t.entries.filter((e) => e.peers.some((p) => contains(p, host))).map((e) => e.rules);
   if (rules.length === 0) return undefined;
   if (t.app === 'modbus') return createModbusSession({ rules: rules as (ModbusRules | 'all')[], ctx, maxPendingRequests: config.modbus.maxPendingRequests });
-  return createDicomSession({ rules: rules as (DicomRules | 'all')[], ctx, maxPduBytes: config.dicom.maxPduBytes });
+  return createDicomSession({ rules: rules, ctx, maxPduBytes: config.dicom.maxPduBytes });
 }
 
 function main(): void {
