@@ -151,6 +151,24 @@ export class Controller {
       ruleset: rulesetHealth(status, counters),
       agent: { version: VERSION, ...vitals.agent },
       outbox: { depth: stats?.depth ?? 0, bytes: stats?.bytes ?? 0, dropped: stats?.dropped ?? 0 },
+      ...this.proxiesHealth(),
+    };
+  }
+
+  private proxiesHealth(): { proxies?: HealthPayload['proxies'] } {
+    const p = this.protocols?.status();
+    if (!p || (p.listening.length === 0 && p.failed.length === 0)) return {};
+    return {
+      proxies: {
+        listening: p.listening,
+        failed: p.failed.map((f) => f.key),
+        connections: p.stats?.connections ?? 0,
+        accepted: p.stats?.accepted ?? 0,
+        refused: p.stats?.refused ?? 0,
+        closedByFilter: p.stats?.closedByFilter ?? 0,
+        restarts: p.restarts,
+        rssBytes: p.rssBytes ?? null,
+      },
     };
   }
 

@@ -59,6 +59,19 @@ export const HealthPayload = z.object({
   }),
   agent: z.object({ version: z.string(), rssBytes: z.number(), pid: z.number() }),
   outbox: z.object({ depth: z.number(), bytes: z.number(), dropped: z.number() }),
+  proxies: z
+    .object({
+      listening: z.array(z.string()).describe('"<device>:<port>" of every proxied port with a listener'),
+      failed: z.array(z.string()).describe('Proxied ports whose listener could not start'),
+      connections: z.number().describe('Proxied connections open now'),
+      accepted: z.number().describe('Connections accepted since the proxy process started'),
+      refused: z.number().describe('Connections refused by limits or because the peer is on no entry'),
+      closedByFilter: z.number().describe('Connections the protocol filters closed (malformed, denied with onDeny close, oversize)'),
+      restarts: z.number().describe('Times the proxy process was started again after it died'),
+      rssBytes: z.number().nullable().describe('The proxy process\'s resident memory'),
+    })
+    .optional()
+    .describe('The inline Modbus and DICOM proxies, when some allow entry has modbus or dicom rules'),
 });
 
 export const ProbeResult = z.object({
