@@ -52,7 +52,7 @@ export function loadAndCompile(opts: GlobalOptions, persistPorts = false): Loade
   const loaded = loadConfig(path);
   const model = buildModel(loaded);
   const stateDir = stateDirOf(opts, model.gateway.stateDir, loaded.gateway.root);
-  const keys = model.devices.flatMap((d) => d.proxies.map((p) => p.key));
+  const keys = model.devices.flatMap((d) => d.proxies.filter((p) => p.rtu === undefined).map((p) => p.key));
   const listenPorts = keys.length > 0 ? assignListenPorts(model.gateway.protocols.listenPorts, stateDir, keys, { persist: persistPorts }) : undefined;
   return {
     path,

@@ -4,7 +4,7 @@ import { z } from 'zod';
 import { familyOf, parsePrefix } from '../policy/net.js';
 import { BackupDeviceSchema } from '../backup/schema.js';
 import { BackupStoreSchema } from '../backup/schema-store.js';
-import { DicomRulesSchema, ModbusRulesSchema, ProtocolsSchema } from '../protocols/schema.js';
+import { DicomRulesSchema, ModbusRulesSchema, ProtocolsSchema, RtuSchema } from '../protocols/schema.js';
 
 export const API_VERSION = 'wardgate/v1';
 
@@ -372,6 +372,7 @@ export const DeviceSchema = z
     ipv4: IPv4.optional(),
     ipv6: IPv6.optional(),
     mac: Mac.optional(),
+    rtu: RtuSchema.optional().describe('A Modbus RTU device on a serial line behind the gateway, reached on the gateway\'s own port rtu.listenPort (docs/protocols.md)'),
     owner: z.string().optional().describe('Team responsible for the device'),
     sbom: z.string().optional().describe('Reference to the manufacturer\'s SBOM'),
     mds2: z.string().optional().describe('Reference to the manufacturer\'s MDS2 form'),

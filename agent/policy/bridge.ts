@@ -39,7 +39,7 @@ export async function ensureBridgeNetfilter(backend: Backend, fix: boolean): Pro
 export async function bridgeProxyProblems(backend: Backend, model: Model): Promise<string[]> {
   if (model.gateway.mode !== 'bridge') return [];
   const bridge = model.gateway.interfaces.bridge ?? 'br0';
-  const families = new Set(model.devices.flatMap((d) => (d.proxies.length > 0 ? (Object.keys(d.addresses) as ('ipv4' | 'ipv6')[]) : [])));
+  const families = new Set(model.devices.flatMap((d) => (d.proxies.some((p) => p.rtu === undefined) ? (Object.keys(d.addresses) as ('ipv4' | 'ipv6')[]) : [])));
   if (families.size === 0) return [];
   const have = await backend.interfaceAddresses(bridge);
   if (have === undefined) return backend.kind === 'nft' ? [`bridge ${bridge} does not exist here: the proxied ports need its address`] : [];

@@ -7,7 +7,7 @@
 // (peer . protocol . port) concatenations.
 import type { SourceRef } from '../config/diagnostics.js';
 import { disjointBoxes, type Box } from './disjoint.js';
-import type { Model, ResolvedDevice, ResolvedEntry } from './model.js';
+import type { Model, ProxyTarget, ResolvedDevice, ResolvedEntry } from './model.js';
 import { formatAddress, formatRange, type Family } from './net.js';
 
 export const TABLE = 'wardgate';
@@ -85,7 +85,9 @@ interface DeviceSets {
 /** The set elements of one device, direction and family, disjoint and labelled by entry. */
 function deviceSets(dev: ResolvedDevice, direction: 'inbound' | 'outbound'): DeviceSets[] {
   const sets: DeviceSets[] = [];
-  const entries = dev.entries.filter((e) => e.direction === direction);
+  // Entries for the RTU gateway's port are the gateway's (rtuInput), not the device address's.
+  const rtu = new Set(dev.proxies.flatMap((p) => (p.rtu ? p.entries.map((x) => x.id) : [])));
+  const entries = dev.entries.filter((e) => e.direction === direction && !rtu.has(e.id));
   const dir = direction === 'inbound' ? 'in' : 'out';
   for (const family of FAMILIES) {
     if (dev.addresses[family] === undefined) continue;
@@ -168,6 +170,8 @@ export function compile(model: Model, opts: CompileOptions): CompiledRuleset {
   }
 
   for (const dev of model.devices) {
+    // A device on a serial line only has no address to dispatch on: no chains.
+    if (!FAMILIES.some((f) => dev.addresses[f] !== undefined)) continue;
     const devSource: LineSource = { what: `device ${dev.id}`, src: dev.src };
     for (const direction of ['inbound', 'outbound'] as const) {
       const dir = direction === 'inbound' ? 'in' : 'out';
@@ -238,7 +242,7 @@ export function compile(model: Model, opts: CompileOptions): CompiledRuleset {
   e.line('\t\tcounter accept comment "allowed by every device allow-list it met, or involves no listed device"', fwd);
   e.line('\t}');
 
-  const proxies = failsafe ? [] : model.devices.flatMap((d) => d.proxies.map((p) => ({ dev: d, p })));
+  const proxies = failsafe ? [] : model.devices.flatMap((d) => d.proxies.filter((p) => p.rtu === undefined).map((p) => ({ dev: d, p })));
   const listenRange = g.protocols.listenPorts;
   if (proxies.length > 0) {
     const [first] = listenRange.split('-').map(Number) as [number];
@@ -279,6 +283,18 @@ export function compile(model: Model, opts: CompileOptions): CompiledRuleset {
     e.line('\t}');
   }
 
+  const rtu = model.devices.flatMap((d) => d.proxies.filter((p) => p.rtu !== undefined).map((p) => ({ dev: d, p })));
+  for (const { dev, p } of failsafe ? [] : rtu) {
+    for (const family of FAMILIES) {
+      const peers = p.entries.flatMap((x) => x.peers.filter((r) => r.family === family));
+      if (peers.length === 0) continue;
+      e.line(`\tset rtu_${ident(dev.id)}_${V[family]} {`, { what: `RTU gateway port ${p.key}`, src: dev.src });
+      e.line(`\t\ttype ${ADDR[family]}; flags interval; auto-merge`);
+      e.line(`\t\telements = { ${peers.map(formatRange).join(', ')} }`, { what: `peers of ${p.entries.map((x) => x.id).join(', ')}`, src: dev.src });
+      e.line('\t}');
+    }
+  }
+
   const inp: LineSource = { what: 'input chain (the gateway itself)' };
   e.line('\tchain input {');
   e.line('\t\ttype filter hook input priority filter; policy accept;');
@@ -288,6 +304,8 @@ export function compile(model: Model, opts: CompileOptions): CompiledRuleset {
   }
   e.line('\t\tiif "lo" counter accept comment "loopback"', inp);
   e.line('\t\tct state established,related counter accept comment "replies to the gateway\'s own connections"', inp);
+  // Before management's accept: an RTU gateway port takes only its entries' peers.
+  for (const { dev, p } of rtu) rtuInput(e, g, dev, p, failsafe);
   for (const family of FAMILIES) {
     if (!model.management.some((m) => m.family === family)) continue;
     e.line(`\t\t${IP[family]} saddr @mgmt_${V[family]} counter accept comment "management networks always reach the gateway"`, mgmtSource);
@@ -316,4 +334,34 @@ export function compile(model: Model, opts: CompileOptions): CompiledRuleset {
       elements,
     },
   };
+}
+
+/**
+ * The input rules of an RTU gateway port (the gateway's own listener; the proxy applies the
+ * Modbus rules): its entries' peers are accepted; the rest are dropped and logged as the
+ * device's denied inbound traffic, or in monitor mode logged and accepted (the proxy then
+ * forwards and alerts). The fail-safe ruleset follows the device's fail mode.
+ */
+function rtuInput(e: Emitter, g: Model['gateway'], dev: ResolvedDevice, p: ProxyTarget, failsafe: boolean): void {
+  const src: LineSource = { what: `RTU gateway port ${p.key}`, src: dev.src };
+  const port = p.port;
+  const log = (verdict: string) =>
+    `\t\ttcp dport ${port} limit rate ${g.logRate}/second burst ${g.logRate * 2} packets counter log group ${g.nflogGroup} queue-threshold 1 prefix ${quote(`wg ${verdict} ${dev.id} in `)} comment ${quote(`${dev.id} RTU gateway port ${port}: ${verdict} sent to NFLOG ${g.nflogGroup}`)}`;
+  if (failsafe) {
+    const verdict = dev.failMode === 'open' ? 'failopen' : 'failclosed';
+    e.line(log(verdict), src);
+    e.line(`\t\ttcp dport ${port} counter ${dev.failMode === 'open' ? 'accept' : 'drop'} comment ${quote(`${dev.id} fail-safe: failMode ${dev.failMode}, RTU gateway port ${port}, ${where(dev.src)}`)}`, src);
+    return;
+  }
+  for (const family of FAMILIES) {
+    if (!p.entries.some((x) => x.peers.some((r) => r.family === family))) continue;
+    e.line(`\t\t${IP[family]} saddr @rtu_${ident(dev.id)}_${V[family]} tcp dport ${port} counter accept comment ${quote(`${dev.id} RTU gateway port ${port}: its entries' peers, ${where(dev.src)}`)}`, src);
+  }
+  if (dev.mode === 'enforce') {
+    e.line(log('deny'), src);
+    e.line(`\t\ttcp dport ${port} counter drop comment ${quote(`${dev.id} enforce: the RTU gateway port takes only its entries' peers, management too, ${where(dev.src)}`)}`, src);
+  } else {
+    e.line(log('monitor'), src);
+    e.line(`\t\ttcp dport ${port} counter accept comment ${quote(`${dev.id} monitor: log and allow, RTU gateway port ${port}, ${where(dev.src)}`)}`, src);
+  }
 }

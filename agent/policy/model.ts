@@ -6,7 +6,7 @@ import { ConfigError, formatPath, type Diagnostic, type SourceRef } from '../con
 import type { LoadedConfig } from '../config/load.js';
 import type { AllowEntry, Device, GatewayConfig, PortSpec, ProbeConfig } from '../config/schema.js';
 import { locate, type YamlSource } from '../config/yaml-source.js';
-import type { DicomRules, ModbusRules } from '../protocols/schema.js';
+import type { DicomRules, ModbusRules, RtuLine } from '../protocols/schema.js';
 import { contains, familyOf, parseAddress, parsePrefix, type AddrRange, type Family } from './net.js';
 
 export type Direction = 'inbound' | 'outbound';
@@ -45,6 +45,11 @@ export interface ProxyTarget {
   entries: { id: string; peers: AddrRange[]; rules: ModbusRules | DicomRules | 'all' }[];
   /** DICOM TLS on the hospital side: absolute paths. */
   tls?: { cert: string; key: string; ca?: string };
+  /**
+   * The device is on a serial line (Modbus RTU): `port` is then the gateway's own port, which
+   * peers connect to on the gateway's address (no redirect), and the proxy drives the line.
+   */
+  rtu?: RtuLine;
 }
 
 export interface ResolvedDevice {
@@ -112,6 +117,8 @@ export function buildModel(loaded: LoadedConfig): Model {
 
   const devices: ResolvedDevice[] = [];
   const ids = new Map<string, SourceRef>();
+  const rtuPorts = new Map<number, string>(); // rtu.listenPort -> device id
+  const rtuLines = new Map<string, { device: string; line: string }>(); // serial port -> its settings
   const owners = new Map<string, string>(); // address or MAC -> device id
   for (const { source, policy } of loaded.policies) {
     policy.devices.forEach((d, di) => {
@@ -146,9 +153,10 @@ export function buildModel(loaded: LoadedConfig): Model {
         if (other) at(source, [...base, 'mac'], 'error', `${d.mac} is already the MAC of device "${other}"`);
         else owners.set(key, d.id);
       }
-      if (d.ipv4 === undefined && d.ipv6 === undefined) {
-        at(source, base, 'error', 'a device needs an ipv4 or an ipv6 address (or both)');
+      if (d.ipv4 === undefined && d.ipv6 === undefined && d.rtu === undefined) {
+        at(source, base, 'error', 'a device needs an ipv4 or an ipv6 address (or both), or an rtu block (a Modbus RTU device on a serial line)');
       }
+      if (d.rtu !== undefined) checkRtu(d.id, d.rtu, gw, rtuPorts, rtuLines, (field, severity, message) => at(source, [...base, 'rtu', ...field], severity, message));
       if (d.criticality === 'life-critical' && d.failMode === 'closed') {
         at(source, [...base, 'failMode'], 'warning', 'a life-critical device with failMode closed is cut off when its policy cannot be enforced');
       }
@@ -178,8 +186,17 @@ export function buildModel(loaded: LoadedConfig): Model {
             at(source, [...path, 'peer'], 'error', `unknown peer group "${e.peer}" (groups: ${known}); a peer is a group name, an address or a CIDR`);
           } else peers = g.members;
         }
+        // An inbound tcp entry on the RTU gateway's port is for the gateway, which listens on both families.
+        const rtuPort = d.rtu?.listenPort;
+        const onRtu = rtuPort !== undefined && e.proto === 'tcp' && e.direction === 'inbound' && parsePorts(e.ports ?? []).some(([lo, hi]) => lo <= rtuPort && rtuPort <= hi);
+        if (onRtu) {
+          if (e.ports?.length !== 1 || parsePorts(e.ports)[0]?.[1] !== rtuPort) at(source, [...path, 'ports'], 'error', `port ${rtuPort} is ${d.id}'s RTU gateway port: an entry for it names that port alone (ports: [${rtuPort}])`);
+          if (e.dicom !== undefined) at(source, [...path, 'dicom'], 'error', `port ${rtuPort} is ${d.id}'s RTU gateway port, which speaks Modbus: dicom rules cannot apply`);
+        } else if (d.rtu !== undefined && d.ipv4 === undefined && d.ipv6 === undefined) {
+          at(source, path, 'error', `${d.id} has no ipv4 or ipv6 address: it is reached only through its RTU gateway port, by inbound tcp entries with ports: [${d.rtu.listenPort}]`);
+        }
         const families = Object.keys(addresses) as Family[];
-        if (peers.length > 0 && !peers.some((p) => families.includes(p.family))) {
+        if (!onRtu && peers.length > 0 && families.length > 0 && !peers.some((p) => families.includes(p.family))) {
           at(source, [...path, 'peer'], 'error', `"${e.peer}" has no ${families.join(' or ')} address, the device's address family`);
         }
         if (peers.some((p) => p.lo === 0n && p.hi === (p.family === 'ipv4' ? 0xffffffffn : (1n << 128n) - 1n))) {
@@ -215,7 +232,20 @@ export function buildModel(loaded: LoadedConfig): Model {
           ...(e.comment !== undefined ? { comment: e.comment } : {}),
         });
       });
-      const proxies = proxyTargets(d.id, entries, (ei, field, message) => at(source, [...base, 'allow', ei, ...field], 'error', message));
+      const rtuEntries = d.rtu === undefined ? [] : entries.filter((e) => e.direction === 'inbound' && e.proto === 'tcp' && e.ports.some(([lo]) => lo === d.rtu?.listenPort));
+      const proxies = proxyTargets(d.id, entries.filter((e) => !rtuEntries.includes(e)), (ei, field, message) => at(source, [...base, 'allow', ei, ...field], 'error', message));
+      if (d.rtu !== undefined) {
+        const { listenPort, ...line } = d.rtu;
+        proxies.push({
+          key: `${d.id}:rtu`,
+          device: d.id,
+          port: listenPort,
+          devicePort: listenPort,
+          app: 'modbus',
+          entries: rtuEntries.map((e) => ({ id: e.id, peers: e.peers, rules: e.modbus ?? 'all' })),
+          rtu: line,
+        });
+      }
 
       devices.push({
         id: d.id,
@@ -248,6 +278,34 @@ export function buildModel(loaded: LoadedConfig): Model {
     hash: createHash('sha256').update(canonical).digest('hex'),
     warnings: all.filter((d) => d.severity === 'warning'),
   };
+}
+
+/**
+ * An rtu block's cross-checks: its listen port is the gateway's own, so it must be free (not a
+ * proxy listen port, not the embedded broker's, not another RTU device's, not ssh); devices that
+ * share a serial line share its settings, since the line runs at one speed and framing.
+ */
+function checkRtu(
+  device: string,
+  rtu: NonNullable<Device['rtu']>,
+  gw: GatewayConfig,
+  ports: Map<number, string>,
+  lines: Map<string, { device: string; line: string }>,
+  report: (field: PropertyKey[], severity: Diagnostic['severity'], message: string) => void,
+): void {
+  const p = rtu.listenPort;
+  const [lo, hi] = gw.protocols.listenPorts.split('-').map(Number) as [number, number];
+  if (p >= lo && p <= hi) report(['listenPort'], 'error', `${p} is within protocols.listenPorts (${gw.protocols.listenPorts}), the proxies' redirect ports; choose a port outside it`);
+  if (gw.mqtt?.embeddedBroker !== undefined && gw.mqtt.embeddedBroker.port === p) report(['listenPort'], 'error', `${p} is the embedded MQTT broker's port`);
+  if (p === 22) report(['listenPort'], 'error', '22 is ssh: the RTU gateway port drops every peer not on its entries, management networks too');
+  const other = ports.get(p);
+  if (other !== undefined) report(['listenPort'], 'error', `${p} is already the RTU gateway port of device "${other}"`);
+  else ports.set(p, device);
+  const line = JSON.stringify({ baudRate: rtu.baudRate, parity: rtu.parity, dataBits: rtu.dataBits, stopBits: rtu.stopBits, responseTimeoutMs: rtu.responseTimeoutMs, turnaroundDelayMs: rtu.turnaroundDelayMs });
+  const shared = lines.get(rtu.serialPort);
+  if (shared === undefined) lines.set(rtu.serialPort, { device, line });
+  else if (shared.line !== line) report(['serialPort'], 'error', `${rtu.serialPort} is also the line of device "${shared.device}" with other settings (${shared.line}); devices on one line share its settings`);
+  if (rtu.parity === 'none' && rtu.stopBits === 1) report(['stopBits'], 'warning', 'no parity and 1 stop bit is 10 bits a character; Modbus over Serial Line 2.5.1 asks for 2 stop bits without parity: check the device\'s setting');
 }
 
 /**

@@ -48,8 +48,11 @@ export interface ProtocolsStatus {
 export function workerTargets(model: Model, stateDir: string): WorkerTarget[] {
   const proxies = model.devices.flatMap((d) => d.proxies.map((p) => ({ d, p })));
   if (proxies.length === 0) return [];
-  const ports = assignListenPorts(model.gateway.protocols.listenPorts, stateDir, proxies.map(({ p }) => p.key), { persist: false });
+  const redirected = proxies.filter(({ p }) => p.rtu === undefined).map(({ p }) => p.key);
+  const ports = redirected.length > 0 ? assignListenPorts(model.gateway.protocols.listenPorts, stateDir, redirected, { persist: false }) : new Map<string, number>();
   return proxies.map(({ d, p }) => {
+    // An RTU device is reached on the gateway's own port, and through the serial line only.
+    if (p.rtu !== undefined) return { ...p, listenPort: p.port, addresses: {}, enforce: d.mode === 'enforce' };
     const addresses: WorkerTarget['addresses'] = {};
     for (const family of ['ipv4', 'ipv6'] as Family[]) {
       const a = d.addresses[family];

@@ -148,6 +148,37 @@ export const DicomRulesSchema = z
   .strict();
 export type DicomRules = z.infer<typeof DicomRulesSchema>;
 
+/**
+ * A device on an RS-485 line behind the gateway (Modbus over Serial Line v1.02):
+ * the gateway listens on a TCP port of its own and carries each allowed request to the device
+ * as an RTU frame (docs/protocols.md, "Modbus RTU gateway").
+ */
+export const RtuSchema = z
+  .object({
+    serialPort: z
+      .string()
+      .regex(/^\/[^\0]*[^/\0]$/, 'the serial device\'s absolute path, for example /dev/ttyUSB0 or /dev/serial/by-id/...')
+      .describe('The serial device the RS-485 line is on; devices on one line share it (one request at a time)'),
+    baudRate: z.number().int().min(300).max(921600).default(19200).describe('Modbus over Serial Line 2.5.1: 19200 is the default every device must support'),
+    parity: z.enum(['none', 'even', 'odd']).default('even').describe('Modbus over Serial Line 2.5.1: even by default'),
+    dataBits: z
+      .literal(8, { error: 'Modbus RTU characters carry 8 data bits (Modbus over Serial Line 2.5.1); 7 data bits is the ASCII mode, which the gateway does not speak' })
+      .default(8)
+      .describe('Always 8 in RTU mode (Modbus over Serial Line 2.5.1)'),
+    stopBits: z
+      .literal([1, 2], { error: 'stopBits is 1 or 2' })
+      .optional()
+      .describe('Default: 1 with parity, 2 without (Modbus over Serial Line 2.5.1: 11 bits a character)'),
+    listenPort: z.number().int().min(1, 'port must be 1-65535').max(65535, 'port must be 1-65535').describe('The gateway\'s own TCP port for this device: peers connect to the gateway\'s address on it'),
+    responseTimeoutMs: z.number().int().min(10).max(60000).default(1000).describe('How long the gateway waits for an answer; then the peer gets exception 0x0B'),
+    turnaroundDelayMs: z.number().int().min(0).max(10000).default(100).describe('Modbus over Serial Line 2.4.1: the pause after a broadcast (unit 0), which no device answers, and after a timeout, before the next request'),
+  })
+  .strict()
+  .transform((r) => ({ ...r, stopBits: r.stopBits ?? (r.parity === 'none' ? 2 : 1) }));
+export type RtuConfig = z.infer<typeof RtuSchema>;
+/** What the gateway needs to drive the line: everything but the TCP side's port. */
+export type RtuLine = Omit<RtuConfig, 'listenPort'>;
+
 export const ProtocolsSchema = z
   .object({
     listenPorts: z

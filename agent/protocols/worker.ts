@@ -9,7 +9,7 @@ import type { ProxyTarget } from '../policy/model.js';
 import { createDicomSession } from './dicom/session.js';
 import { createModbusSession } from './modbus/session.js';
 import { ProxyRelay, type RelayTarget } from './relay.js';
-import type { DicomRules, ModbusRules, ProtocolsConfig } from './schema.js';
+import type { ModbusRules, ProtocolsConfig } from './schema.js';
 import type { ProtocolAlert, ProtocolRecord, ProtocolSession, SessionContext } from './types.js';
 
 export interface WorkerTarget extends ProxyTarget {
