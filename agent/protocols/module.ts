@@ -42,6 +42,8 @@ export interface ProtocolsStatus {
   restarts: number;
   stats?: Extract<FromWorker, { type: 'alive' }>['stats'];
   rssBytes?: number;
+  /** The serial lines of Modbus RTU devices, by serial port: open or not, and their counters. */
+  rtu?: Extract<FromWorker, { type: 'alive' }>['rtu'];
 }
 
 /** The worker's targets for a model: every device's proxied ports, with their listen ports. */
@@ -186,6 +188,7 @@ export class ProtocolsModule implements Module {
         this.lastAlive = Date.now();
         this.state.stats = m.stats;
         this.state.rssBytes = m.rssBytes;
+        if (m.rtu !== undefined) this.state.rtu = m.rtu;
         break;
       case 'record':
         this.appLog?.write(`${JSON.stringify({ time: new Date().toISOString(), ...m.record })}\n`);

@@ -26,6 +26,23 @@ export interface RelayTarget {
   tls?: { cert: string; key: string; ca?: string };
   /** The session for one connection, or undefined when the peer is on none of the port's entries. */
   session(ctx: SessionContext): ProtocolSession | undefined;
+  /**
+   * A device side that is no TCP connection (the Modbus RTU gateway's serial line): each
+   * connection's session talks to a link it opens. `name` stands for the device's address.
+   */
+  link?: { name: string; open(ctx: SessionContext): DeviceLink };
+}
+
+/** The device side of one connection when it is not a socket of its own. */
+export interface DeviceLink {
+  /** Frames the session passed for the device. */
+  write(frame: Buffer): void;
+  /** Where the device's frames for this connection go. */
+  onData(handler: (frame: Buffer) => void): void;
+  /** Nothing of this connection is waiting for the device or on its way. */
+  idle(): boolean;
+  /** The connection ended: what it still has waiting is dropped. */
+  close(): void;
 }
 
 export interface RelayDeps {
@@ -125,7 +142,7 @@ export class ProxyRelay {
     const now = this.deps.now ?? Date.now;
     const peer: Endpoint = { address: plainAddress(peerSocket.remoteAddress), port: peerSocket.remotePort ?? 0 };
     const family = isIPv4(peer.address) ? 'ipv4' : 'ipv6';
-    const deviceAddress = target.addresses[family];
+    const deviceAddress = target.link ? target.link.name : target.addresses[family];
     const count = this.perPeer.get(peer.address) ?? 0;
     const refuse = (kind: string, message: string, severity: ProtocolAlert['severity'] = 'warning') => {
       this.stats.refused++;
@@ -160,6 +177,7 @@ export class ProxyRelay {
     this.stats.accepted++;
     this.stats.connections++;
     this.perPeer.set(peer.address, count + 1);
+    if (target.link) return this.relayLink(target, target.link.open(ctx), peerSocket, s, peer);
     const deviceSocket = connect({ host: deviceAddress, port: target.devicePort, allowHalfOpen: true, timeout: this.deps.config.connectTimeoutMs });
     this.sockets.add(peerSocket);
     this.sockets.add(deviceSocket);
@@ -173,9 +191,7 @@ export class ProxyRelay {
       this.sockets.delete(peerSocket);
       this.sockets.delete(deviceSocket);
       this.stats.connections--;
-      const left = (this.perPeer.get(peer.address) ?? 1) - 1;
-      if (left <= 0) this.perPeer.delete(peer.address);
-      else this.perPeer.set(peer.address, left);
+      this.left(peer.address);
       try {
         s.end(reason);
       } catch (err) {
@@ -224,9 +240,7 @@ export class ProxyRelay {
       try {
         out = from === peerSocket ? s.fromPeer(chunk) : s.fromDevice(chunk);
       } catch (err) {
-        this.stats.sessionErrors++;
-        this.deps.log.error({ err: (err as Error).message, stack: (err as Error).stack, target: target.key, peer: peer.address }, 'proxy session failed: connection closed');
-        this.deps.alert({ device: target.device, severity: 'warning', kind: 'proxy.error', dedupKey: `proxy.error/${target.key}`, message: `the ${target.app} proxy for ${target.key} failed on a connection from ${peer.address} and closed it`, data: { peer: peer.address, target: target.key, error: (err as Error).message } });
+        this.sessionFailed(target, peer, err as Error);
         closeBoth('session error', false);
         return;
       }
@@ -270,5 +284,81 @@ export class ProxyRelay {
     };
     peerSocket.on('close', onClose(deviceSocket));
     deviceSocket.on('close', onClose(peerSocket));
+  }
+
+  private left(peer: string): void {
+    const left = (this.perPeer.get(peer) ?? 1) - 1;
+    if (left <= 0) this.perPeer.delete(peer);
+    else this.perPeer.set(peer, left);
+  }
+
+  private sessionFailed(target: RelayTarget, peer: Endpoint, err: Error): void {
+    this.stats.sessionErrors++;
+    this.deps.log.error({ err: err.message, stack: err.stack, target: target.key, peer: peer.address }, 'proxy session failed: connection closed');
+    this.deps.alert({ device: target.device, severity: 'warning', kind: 'proxy.error', dedupKey: `proxy.error/${target.key}`, message: `the ${target.app} proxy for ${target.key} failed on a connection from ${peer.address} and closed it`, data: { peer: peer.address, target: target.key, error: err.message } });
+  }
+
+  /**
+   * A connection whose device side is a link (the RTU gateway): the peer's socket, the session
+   * between, the link's frames back. The link answers every request it takes (with the device's
+   * answer or the gateway's exception), so a peer that half-closes is ended once it is idle.
+   */
+  private relayLink(target: RelayTarget, link: DeviceLink, peerSocket: Socket, s: ProtocolSession, peer: Endpoint): void {
+    this.sockets.add(peerSocket);
+    let ended = false;
+    let peerEnded = false;
+    const finish = (why: string, graceful: boolean) => {
+      if (ended) return;
+      ended = true;
+      this.sockets.delete(peerSocket);
+      this.stats.connections--;
+      this.left(peer.address);
+      link.close();
+      try {
+        s.end(why);
+      } catch (err) {
+        this.stats.sessionErrors++;
+        this.deps.log.error({ err: (err as Error).message, target: target.key }, 'proxy session failed at its end');
+      }
+      if (graceful) {
+        peerSocket.end();
+        setTimeout(() => peerSocket.destroy(), 2000).unref();
+      } else peerSocket.destroy();
+    };
+    const feed = (fromPeer: boolean, chunk: Buffer) => {
+      if (ended) return;
+      let out: SessionOutput;
+      try {
+        out = fromPeer ? s.fromPeer(chunk) : s.fromDevice(chunk);
+      } catch (err) {
+        this.sessionFailed(target, peer, err as Error);
+        finish('session error', false);
+        return;
+      }
+      for (const b of out.toDevice) link.write(b);
+      for (const b of out.toPeer) peerSocket.write(b);
+      if (out.close !== undefined) {
+        this.stats.closedByFilter++;
+        finish(out.close, true);
+        return;
+      }
+      if (peerEnded && link.idle()) finish('peer closed', true);
+      else if (peerSocket.writableLength > HIGH_WATER && !peerSocket.isPaused()) {
+        peerSocket.pause();
+        peerSocket.once('drain', () => {
+          if (!ended) peerSocket.resume();
+        });
+      }
+    };
+    link.onData((frame) => feed(false, frame));
+    peerSocket.on('data', (c: Buffer) => feed(true, c));
+    peerSocket.setTimeout(this.deps.config.idleTimeoutSeconds * 1000, () => finish('idle timeout', true));
+    peerSocket.on('end', () => {
+      peerEnded = true;
+      if (link.idle()) finish('peer closed', true);
+    });
+    peerSocket.on('error', (err) => finish(`peer ${err.message}`, false));
+    peerSocket.on('close', () => finish('peer closed', false));
+    peerSocket.resume();
   }
 }

@@ -4,9 +4,12 @@
 // The agent sends it the targets (`targets`, again at every policy change) over the IPC channel
 // and gets back alerts, records and, every second, that it is alive with its counters. It exits
 // when the channel closes: a proxy without its agent is not enforcing anything anyone reports.
+// Modbus RTU devices are reached through their serial lines, each opened once and shared by
+// every connection to every device on it (modbus/rtu.ts).
 import { contains, parseAddress } from '../policy/net.js';
 import type { ProxyTarget } from '../policy/model.js';
 import { createDicomSession } from './dicom/session.js';
+import { RtuBus, type RtuStatus } from './modbus/rtu.js';
 import { createModbusSession } from './modbus/session.js';
 import { ProxyRelay, type RelayTarget } from './relay.js';
 import type { ModbusRules, ProtocolsConfig } from './schema.js';
@@ -24,7 +27,7 @@ export type FromWorker =
   | { type: 'ready'; listening: string[]; failed: { key: string; error: string }[] }
   | { type: 'alert'; alert: ProtocolAlert & { device: string } }
   | { type: 'record'; record: ProtocolRecord & { device: string } }
-  | { type: 'alive'; stats: ProxyRelay['stats']; rssBytes: number };
+  | { type: 'alive'; stats: ProxyRelay['stats']; rssBytes: number; rtu?: Record<string, RtuStatus> };
 
 /** The session for a peer: the rules of every entry of the target whose peers hold its address. */
 export function sessionFor(t: WorkerTarget, config: ProtocolsConfig, ctx: SessionContext): ProtocolSession | undefined {
@@ -32,7 +35,9 @@ export function sessionFor(t: WorkerTarget, config: ProtocolsConfig, ctx: Sessio
   if (!a) return undefined;
   const host = { family: a.family, lo: a.value, hi: a.value };
   const rules = t.entries.filter((e) => e.peers.some((p) => contains(p, host))).map((e) => e.rules);
-  if (rules.length === 0) return undefined;
+  // An RTU gateway port in monitor mode lets every peer in (compile.ts): no rules, so every
+  // request is a would-be denial, alerted and forwarded.
+  if (rules.length === 0 && (t.enforce || t.rtu === undefined)) return undefined;
   if (t.app === 'modbus') return createModbusSession({ rules: rules as (ModbusRules | 'all')[], ctx, maxPendingRequests: config.modbus.maxPendingRequests });
   return createDicomSession({ rules: rules, ctx, maxPduBytes: config.dicom.maxPduBytes });
 }
@@ -48,6 +53,26 @@ function main(): void {
   };
   let relay: ProxyRelay | undefined;
   let current = new Map<string, string>();
+  let targets: WorkerTarget[] = [];
+  /** Serial port -> its bus, with the settings it was opened with. */
+  const buses = new Map<string, { settings: string; bus: RtuBus }>();
+  const busFor = (t: WorkerTarget, config: ProtocolsConfig): RtuBus => {
+    const line = t.rtu;
+    if (line === undefined) throw new Error(`${t.key} is not on a serial line`);
+    const had = buses.get(line.serialPort);
+    if (had) return had.bus;
+    const bus = new RtuBus({
+      line,
+      maxQueuedPerConnection: config.modbus.maxPendingRequests,
+      lineAlert: (a) => {
+        for (const device of new Set(targets.filter((x) => x.rtu?.serialPort === line.serialPort).map((x) => x.device))) send({ type: 'alert', alert: { ...a, device } });
+      },
+      log,
+    });
+    buses.set(line.serialPort, { settings: JSON.stringify(line), bus });
+    bus.open();
+    return bus;
+  };
 
   const apply = async (m: ToWorker) => {
     relay ??= new ProxyRelay({
@@ -63,6 +88,13 @@ function main(): void {
     for (const key of r.listening()) {
       if (next.get(key) !== current.get(key)) await r.unlisten(key);
     }
+    targets = m.targets;
+    const lines = new Map(m.targets.flatMap((t) => (t.rtu ? [[t.rtu.serialPort, JSON.stringify(t.rtu)] as const] : [])));
+    for (const [path, b] of buses) {
+      if (lines.get(path) === b.settings) continue;
+      buses.delete(path);
+      await b.bus.close();
+    }
     const failed: { key: string; error: string }[] = [];
     for (const t of m.targets) {
       if (r.listening().includes(t.key)) continue;
@@ -75,8 +107,10 @@ function main(): void {
         addresses: t.addresses,
         enforce: t.enforce,
         ...(t.tls ? { tls: t.tls } : {}),
+        ...(t.rtu ? { link: { name: t.rtu.serialPort, open: (ctx) => busFor(t, m.config).link(ctx) } } : {}),
         session: (ctx) => sessionFor(t, m.config, ctx),
       };
+      if (t.rtu) busFor(t, m.config);
       try {
         await r.listen(target);
       } catch (err) {
@@ -92,11 +126,12 @@ function main(): void {
     if (m.type === 'targets') queue = queue.then(() => apply(m)).catch((err: unknown) => log.error({ err: (err as Error).message }, 'proxy targets failed'));
   });
   process.on('disconnect', () => {
-    void relay?.close().finally(() => process.exit(0));
+    void Promise.all([relay?.close(), ...[...buses.values()].map((b) => b.bus.close())]).finally(() => process.exit(0));
     setTimeout(() => process.exit(0), 3000).unref();
   });
   setInterval(() => {
-    if (relay) send({ type: 'alive', stats: { ...relay.stats }, rssBytes: process.memoryUsage.rss() });
+    const rtu = buses.size > 0 ? Object.fromEntries([...buses].map(([path, b]) => [path, b.bus.status()])) : undefined;
+    if (relay) send({ type: 'alive', stats: { ...relay.stats }, rssBytes: process.memoryUsage.rss(), ...(rtu ? { rtu } : {}) });
   }, 1000);
 }
 

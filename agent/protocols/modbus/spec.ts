@@ -24,6 +24,10 @@ export const EXCEPTION = {
   illegalDataAddress: 0x02,
   /** 03: a value or a length that does not fit the function's definition. */
   illegalDataValue: 0x03,
+  /** 0A: a gateway found no path to the target (no such unit on its line, the line is down, it is overloaded). */
+  gatewayPathUnavailable: 0x0a,
+  /** 0B: a gateway's target did not answer (in time, or with an intact frame). */
+  gatewayTargetFailed: 0x0b,
 } as const;
 export type ExceptionCode = (typeof EXCEPTION)[keyof typeof EXCEPTION];
 
