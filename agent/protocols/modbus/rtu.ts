@@ -326,7 +326,7 @@ export class RtuBus {
     this.clearJobTimers();
     clearTimeout(this.waitTimer);
     this.current = undefined;
-    for (const l of this.links) l.close();
+    for (const l of [...this.links]) l.close();
     const port = this.port;
     this.port = undefined;
     this.opened = false;
