@@ -41,6 +41,8 @@ export interface DeviceLink {
   onData(handler: (frame: Buffer) => void): void;
   /** Nothing of this connection is waiting for the device or on its way. */
   idle(): boolean;
+  /** The device side ended by itself (its line was closed): the connection ends too. */
+  onEnd(handler: (why: string) => void): void;
   /** The connection ended: what it still has waiting is dropped. */
   close(): void;
 }
@@ -351,6 +353,7 @@ export class ProxyRelay {
       }
     };
     link.onData((frame) => feed(false, frame));
+    link.onEnd((why) => finish(why, true));
     peerSocket.on('data', (c: Buffer) => feed(true, c));
     peerSocket.setTimeout(this.deps.config.idleTimeoutSeconds * 1000, () => finish('idle timeout', true));
     peerSocket.on('end', () => {

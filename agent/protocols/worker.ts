@@ -84,16 +84,18 @@ function main(): void {
     });
     const r = relay;
     const next = new Map(m.targets.map((t) => [t.key, JSON.stringify(t, (_k, v: unknown) => (typeof v === 'bigint' ? v.toString() : v))]));
-    // A target whose rules changed is listened to again; its open connections end with it.
-    for (const key of r.listening()) {
-      if (next.get(key) !== current.get(key)) await r.unlisten(key);
-    }
     targets = m.targets;
+    // A line whose settings changed (or that no device uses now) is closed, and the connections
+    // through it end, before its targets' listeners are listened to again.
     const lines = new Map(m.targets.flatMap((t) => (t.rtu ? [[t.rtu.serialPort, JSON.stringify(t.rtu)] as const] : [])));
     for (const [path, b] of buses) {
       if (lines.get(path) === b.settings) continue;
       buses.delete(path);
       await b.bus.close();
+    }
+    // A target whose rules changed is listened to again; its open connections end with it.
+    for (const key of r.listening()) {
+      if (next.get(key) !== current.get(key)) await r.unlisten(key);
     }
     const failed: { key: string; error: string }[] = [];
     for (const t of m.targets) {

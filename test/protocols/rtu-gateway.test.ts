@@ -4,7 +4,8 @@
 // gateway's ports. The targets come from a policy file through buildModel and workerTargets, as
 // the agent makes them. What reached a device is read on a second path (the device's own Modbus
 // TCP port onto the same registers) and, at the end, straight over the serial line.
-import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { connect } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -207,6 +208,27 @@ devices:
     // Tried again after 1, 2, 4 s...
     await worker.until('line 3 open', () => (worker.line(line3.b)?.open ? true : undefined), 20000);
     expect(await pyClient(via, 'read-holding', 3, 7, 2)).toMatchObject({ registers: [7, 8] });
+  });
+
+  it('opens a line anew when a policy changes its settings, ending the connections through it, and serves it', async () => {
+    const before = await worker.freshLine(line1.b);
+    expect(before.requests).toBeGreaterThan(100);
+    // A client that keeps its connection open (as SCADA does) is let go, not left unanswered.
+    const held = connect({ port: port.ro, host: '127.0.0.1' });
+    const heldClosed = new Promise<void>((resolve) => held.once('close', () => resolve()));
+    held.on('error', () => undefined);
+    await new Promise((resolve) => held.once('connect', resolve));
+    const file = join(dir, 'rules', 'devices.yaml');
+    writeFileSync(file, readFileSync(file, 'utf8').replaceAll('responseTimeoutMs: 300', 'responseTimeoutMs: 400'));
+    const model = buildModel(loadConfig(join(dir, 'gateway.yaml')));
+    const ready = await worker.targets(model.gateway.protocols, workerTargets(model, join(dir, 'state')));
+    expect(ready.failed).toEqual([]);
+    await worker.until('line 1 open again', () => (worker.line(line1.b)?.open && (worker.line(line1.b)?.requests ?? 1) === 0 ? true : undefined));
+    const r = await pyClient(['tcp', '127.0.0.1', String(port.rw)], 'read-holding', 7, 0, 1);
+    expect(r).toMatchObject({ exception: 0x0b });
+    expect(r.ms).toBeGreaterThanOrEqual(400);
+    expect(await pyClient(['tcp', '127.0.0.1', String(port.ro)], 'read-holding', 3, 0, 2)).toMatchObject({ registers: [0, 1] });
+    await heldClosed;
   });
 
   it('left the devices\' registers as the allowed requests set them, read straight over the serial line', async () => {

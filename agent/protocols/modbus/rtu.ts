@@ -199,6 +199,7 @@ class BusLink implements DeviceLink {
   readonly queue: Job[] = [];
   closed = false;
   private handler: ((adu: Buffer) => void) | undefined;
+  private ender: ((why: string) => void) | undefined;
 
   constructor(
     private readonly bus: RtuBus,
@@ -215,6 +216,16 @@ class BusLink implements DeviceLink {
 
   idle(): boolean {
     return this.queue.length === 0 && !this.bus.serving(this);
+  }
+
+  onEnd(handler: (why: string) => void): void {
+    this.ender = handler;
+  }
+
+  /** The bus is closing: the connection ends with it. */
+  end(why: string): void {
+    this.close();
+    this.ender?.(why);
   }
 
   close(): void {
@@ -326,7 +337,7 @@ export class RtuBus {
     this.clearJobTimers();
     clearTimeout(this.waitTimer);
     this.current = undefined;
-    for (const l of [...this.links]) l.close();
+    for (const l of [...this.links]) l.end(`the line ${this.line.serialPort} was closed (its settings changed, or no device uses it)`);
     const port = this.port;
     this.port = undefined;
     this.opened = false;
