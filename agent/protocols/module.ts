@@ -17,9 +17,15 @@ import { RotatingFile } from '../util/rotating-file.js';
 import { assignListenPorts } from './ports.js';
 import type { FromWorker, ToWorker, WorkerTarget } from './worker.js';
 
-/** How long an alive element lives; refreshed every ALIVE_EVERY_MS while the proxies answer. */
-const ALIVE_TIMEOUT_S = 6;
+/**
+ * How long an alive element lives; refreshed every ALIVE_EVERY_MS while the proxies answer. The
+ * proxy process reports every second; it counts as gone after ALIVE_SILENCE_MS without a word.
+ * The silence allowed is generous because a false "gone" under load bypasses a fail-open
+ * device's proxy, and a true one (a killed agent) waits out the element's timeout either way.
+ */
+const ALIVE_TIMEOUT_S = 8;
 const ALIVE_EVERY_MS = 2000;
+const ALIVE_SILENCE_MS = 6000;
 
 export interface ProtocolsDeps {
   config: GatewayConfig;
@@ -204,7 +210,7 @@ export class ProtocolsModule implements Module {
   /** Keeps the fail-open ports in the alive set while the proxies answer (flush and fill: one transaction). */
   private async refreshAlive(): Promise<void> {
     if (!this.deps.nft || this.failOpen.length === 0) return;
-    const alive = !this.stopping && this.child !== undefined && Date.now() - this.lastAlive < 3000;
+    const alive = !this.stopping && this.child !== undefined && Date.now() - this.lastAlive < ALIVE_SILENCE_MS;
     const up = alive ? this.failOpen.filter((f) => this.state.listening.includes(f.key)) : [];
     const lines: string[] = [];
     for (const family of ['ipv4', 'ipv6'] as Family[]) {

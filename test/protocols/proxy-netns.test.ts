@@ -163,7 +163,7 @@ describe.skipIf(!canRoot)('Modbus proxy in a namespace site', () => {
     const closed = await mbpoll(lab, 'pacs', ['-a', '1', '-r', '0', '-c', '1', v4('pump')]);
     expect(closed.code).not.toBe(0);
     expect(closed.out).toMatch(/refused/i);
-    // A stopping agent empties the alive set (a killed one lets it expire in 6 s): the kernel's
+    // A stopping agent empties the alive set (a killed one lets it expire within 8 s): the kernel's
     // allow-list alone then stands for the device, so the first try passes.
     const open = await mbpoll(lab, 'pacs', ['-a', '1', '-r', '7', v4('monitor'), '31']);
     expect(open.code, open.out).toBe(0);
