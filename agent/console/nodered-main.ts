@@ -9,6 +9,10 @@
 //                                     flows/console.json when it does not exist)
 //   WARDGATE_CONSOLE_ADMIN_USER, _PASSWORD   the editor's and admin API's login (admin, and a
 //                                     random password written to <userDir>/admin-password)
+//   WARDGATE_CONSOLE_DASHBOARD_USER, _PASSWORD   the dashboard's login (HTTP basic, the page and
+//                                     its socket.io channel); required off loopback
+//   WARDGATE_CONSOLE_CREDENTIAL_SECRET   the key of Node-RED's credentials file (default: one
+//                                     Node-RED makes and keeps in <userDir>/.config.runtime.json)
 //   WARDGATE_SITE, WARDGATE_BROKER_URL, ...  read by the flow's console node
 //
 // Prints one line of JSON, {"event":"ready","url":...}, when the flows are running.
@@ -38,6 +42,57 @@ const sameSecret = (a: string, b: string): boolean => {
   return timingSafeEqual(h(a), h(b));
 };
 
+interface Req {
+  headers: Record<string, string | string[] | undefined>;
+  url?: string;
+}
+interface Res {
+  setHeader(name: string, value: string): void;
+  statusCode: number;
+  end(body?: string): void;
+}
+interface IoSocket {
+  request: Req;
+  handshake: { xdomain: boolean };
+  client: { conn: { request: Req; close(): void } };
+  disconnect(close: boolean): void;
+}
+
+/**
+ * HTTP basic authentication for Dashboard 2.0: its pages (settings.dashboard.middleware) and
+ * its socket.io channel (ioMiddleware), which the page's own login does not cover. The browser
+ * sends the credentials it was asked for with the page on the channel's requests too.
+ */
+function dashboardLogin(user: string, password: string) {
+  const ok = (req: Req): boolean => {
+    const h = req.headers.authorization;
+    const m = typeof h === 'string' ? /^Basic ([A-Za-z0-9+/=]+)$/.exec(h) : null;
+    if (!m) return false;
+    const text = Buffer.from(m[1]!, 'base64').toString('utf8');
+    const i = text.indexOf(':');
+    return i >= 0 && sameSecret(text.slice(0, i), user) && sameSecret(text.slice(i + 1), password);
+  };
+  return {
+    middleware: (req: Req, res: Res, next: () => void) => {
+      if (ok(req)) return next();
+      res.setHeader('WWW-Authenticate', 'Basic realm="wardgate console", charset="UTF-8"');
+      res.statusCode = 401;
+      res.end('login needed');
+    },
+    // Replaces the dashboard's default check, which is kept: no websocket without the polling
+    // handshake first, nothing from another origin.
+    ioMiddleware: (socket: IoSocket, next: (err?: Error) => void) => {
+      if (!ok(socket.request)) return next(new Error('login needed'));
+      if ((socket.client.conn.request.url ?? '').includes('transport=websocket')) {
+        socket.client.conn.close();
+        return;
+      }
+      if (socket.handshake.xdomain === false) return next();
+      socket.disconnect(true);
+    },
+  };
+}
+
 async function main(): Promise<void> {
   const env = process.env;
   const root = repoRoot();
@@ -59,6 +114,12 @@ async function main(): Promise<void> {
     writeFileSync(join(userDir, 'admin-password'), `${adminPassword}\n`, { mode: 0o600 });
   }
   const password = adminPassword;
+  const dashUser = env.WARDGATE_CONSOLE_DASHBOARD_USER ?? 'dashboard';
+  const dashPassword = env.WARDGATE_CONSOLE_DASHBOARD_PASSWORD;
+  const loopback = host === '127.0.0.1' || host === '::1' || host === 'localhost';
+  if ((dashPassword === undefined || dashPassword === '') && !loopback) {
+    throw new Error(`listening on ${host} needs a dashboard login: set WARDGATE_CONSOLE_DASHBOARD_PASSWORD (the dashboard's buttons send signed commands)`);
+  }
 
   const require = createRequire(import.meta.url);
   let RED: NodeRed;
@@ -85,6 +146,8 @@ async function main(): Promise<void> {
       users: (username: string) => Promise.resolve(user(username)),
       authenticate: (username: string, pass: string) => Promise.resolve(username === adminUser && sameSecret(pass, password) ? user(username) : null),
     },
+    ...(dashPassword !== undefined && dashPassword !== '' ? { dashboard: dashboardLogin(dashUser, dashPassword) } : {}),
+    ...(env.WARDGATE_CONSOLE_CREDENTIAL_SECRET ? { credentialSecret: env.WARDGATE_CONSOLE_CREDENTIAL_SECRET } : {}),
     // Acknowledged alerts and the last answers survive a restart of the console.
     contextStorage: { default: { module: 'localfilesystem' } },
     // This console calls nowhere but its broker: no update checks, no installs from the editor.
@@ -127,6 +190,8 @@ async function main(): Promise<void> {
   };
   process.on('SIGTERM', stop);
   process.on('SIGINT', stop);
+  // Started by startConsole(): stop with the parent, even one killed with SIGKILL.
+  if (process.send !== undefined) process.on('disconnect', stop);
 }
 
 main().catch((err: unknown) => {

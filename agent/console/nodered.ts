@@ -45,9 +45,11 @@ export interface StartConsoleOptions {
   backupDir?: string;
   /** The editor's and admin API's login (default admin and a random password). */
   admin?: { username: string; password: string };
+  /** The dashboard's login (HTTP basic); none by default, which only loopback allows. */
+  dashboard?: { username: string; password: string };
   /** Milliseconds to wait for Node-RED to be up (default 60000). */
   timeoutMs?: number;
-  /** More environment for the flow (merged over this process's). */
+  /** More environment for the flow (this process's WARDGATE_* variables are not passed on). */
   env?: Record<string, string>;
 }
 
@@ -86,8 +88,10 @@ export async function startConsole(opts: StartConsoleOptions): Promise<RunningCo
   mkdirSync(userDir, { recursive: true, mode: 0o700 });
   const admin = opts.admin ?? { username: 'admin', password: randomBytes(18).toString('base64url') };
   const set = (v: string | undefined): v is string => v !== undefined && v !== '';
+  // None of this process's WARDGATE_* settings: the console is configured by the options alone.
+  const inherited = Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith('WARDGATE_'))) as Record<string, string>;
   const env: Record<string, string> = {
-    ...(process.env as Record<string, string>),
+    ...inherited,
     ...opts.env,
     WARDGATE_SITE: opts.site,
     WARDGATE_BROKER_URL: opts.brokerUrl,
@@ -97,6 +101,10 @@ export async function startConsole(opts: StartConsoleOptions): Promise<RunningCo
     WARDGATE_CONSOLE_ADMIN_USER: admin.username,
     WARDGATE_CONSOLE_ADMIN_PASSWORD: admin.password,
   };
+  if (opts.dashboard) {
+    env.WARDGATE_CONSOLE_DASHBOARD_USER = opts.dashboard.username;
+    env.WARDGATE_CONSOLE_DASHBOARD_PASSWORD = opts.dashboard.password;
+  }
   const optional: [string, string | undefined][] = [
     ['WARDGATE_CONSOLE_KEY', opts.keyFile],
     ['WARDGATE_CONSOLE_KEY_ID', opts.keyId],
@@ -108,15 +116,15 @@ export async function startConsole(opts: StartConsoleOptions): Promise<RunningCo
     ['WARDGATE_GATEWAY_KEYS', opts.gatewayKeys],
     ['WARDGATE_BACKUP_DIR', opts.backupDir],
   ];
-  for (const [k, v] of optional) {
-    if (set(v)) env[k] = v;
-    else if (!(opts.env && k in opts.env)) delete env[k]; // not this process's: a console for another site must not inherit them
-  }
+  for (const [k, v] of optional) if (set(v)) env[k] = v;
   const logFile = join(userDir, 'node-red.log');
   const log = openSync(logFile, 'a', 0o600);
   let child: ChildProcess;
   try {
-    child = spawn(process.execPath, [main], { env, stdio: ['ignore', 'pipe', log], detached: false });
+    // The IPC channel is a lifeline: Node-RED stops when this process goes, however it goes.
+    child = spawn(process.execPath, [main], { env, stdio: ['ignore', 'pipe', log, 'ipc'], detached: false });
+    child.unref();
+    child.channel?.unref();
   } finally {
     closeSync(log);
   }

@@ -27,6 +27,7 @@ export const GW2 = 'gw-ward-02';
 export const ROGUE = 'gw-rogue';
 export const DEVICE = 'lab-analyzer-01';
 const CONSOLE_USER = 'console-central';
+export const DASHBOARD_LOGIN = { username: 'biomed', password: 'dashboard-pw-1' };
 const quiet = { out: () => {}, err: () => {} };
 
 export interface ConsoleSite {
@@ -153,6 +154,7 @@ devices:
       userDir: join(dir, 'node-red'),
       gatewayKeys: join(dir, 'gateway-keys'),
       backupDir: join(dir, 'bundles'),
+      dashboard: DASHBOARD_LOGIN,
     });
     cleanups.push(() => consoleRun.stop());
 

@@ -7,7 +7,7 @@ import { join } from 'node:path';
 import { chromium, type Browser, type Page } from 'playwright-core';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { assertBuilt, CLI, until, warnSkip } from '../integration/site.js';
-import { consoleLog, DEVICE, GW, GW2, startConsoleSite, type ConsoleSite } from './console-site.js';
+import { consoleLog, DASHBOARD_LOGIN, DEVICE, GW, GW2, startConsoleSite, type ConsoleSite } from './console-site.js';
 
 const CHROMIUM = '/usr/bin/chromium';
 const skip = existsSync(CHROMIUM) ? undefined : `${CHROMIUM} is not installed (apt-get install chromium; scripts/install-deps.sh does)`;
@@ -31,7 +31,7 @@ describe.skipIf(skip !== undefined)('the console dashboard in Chromium', () => {
       // Chromium's sandbox refuses to run as root.
       args: process.getuid?.() === 0 ? ['--no-sandbox'] : [],
     });
-    page = await browser.newPage({ viewport: { width: 1400, height: 1000 } });
+    page = await browser.newPage({ viewport: { width: 1400, height: 1000 }, httpCredentials: DASHBOARD_LOGIN });
     page.setDefaultTimeout(15000);
   }, 60000);
 

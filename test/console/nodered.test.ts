@@ -5,7 +5,7 @@ import { readFileSync } from 'node:fs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { randomUUID } from 'node:crypto';
 import { assertBuilt, until } from '../integration/site.js';
-import { consoleLog, DEVICE, GW, ROGUE, SITE, startConsoleSite, type ConsoleSite } from './console-site.js';
+import { consoleLog, DASHBOARD_LOGIN, DEVICE, GW, ROGUE, SITE, startConsoleSite, type ConsoleSite } from './console-site.js';
 
 interface GatewayRow {
   gateway: string;
@@ -63,12 +63,30 @@ describe('the console flow in Node-RED', () => {
     expect(types).toEqual(expect.arrayContaining(['wardgate-console', 'wardgate-site', 'wardgate-command', 'wardgate-backup-pull', 'ui-base', 'ui-template']));
   });
 
+  it('the dashboard wants its own login, for the page and its socket.io channel', async () => {
+    const url = s().console.dashboardUrl;
+    expect((await fetch(url)).status).toBe(401);
+    const basic = (u: string, p: string) => ({ authorization: `Basic ${Buffer.from(`${u}:${p}`).toString('base64')}` });
+    expect((await fetch(url, { headers: basic(DASHBOARD_LOGIN.username, 'wrong') })).status).toBe(401);
+    expect((await fetch(url, { headers: basic(DASHBOARD_LOGIN.username, DASHBOARD_LOGIN.password) })).status).toBe(200);
+    // socket.io's handshake (engine.io polling, then the namespace's CONNECT packet "40").
+    const io = `${s().console.url}/dashboard/socket.io/?EIO=4&transport=polling`;
+    const handshake = async (headers: Record<string, string>) => {
+      const open = await (await fetch(io, { headers })).text();
+      const sid = (JSON.parse(open.slice(1)) as { sid: string }).sid;
+      await fetch(`${io}&sid=${sid}`, { method: 'POST', headers: { ...headers, 'content-type': 'text/plain;charset=UTF-8' }, body: '40' });
+      return (await fetch(`${io}&sid=${sid}`, { headers })).text();
+    };
+    expect(await handshake({})).toMatch(/^44\{"message":"login needed"\}/);
+    expect(await handshake(basic(DASHBOARD_LOGIN.username, DASHBOARD_LOGIN.password))).toMatch(/^40\{"sid":/);
+  });
+
   it('sees the gateway online, with its birth and policy hash, and its device up', async () => {
     const gw = await until(
       'the gateway online in the flow context',
       async () => {
         const g = (await s().context<Record<string, GatewayRow>>('gateways'))?.[GW];
-        return g?.state === 'online' && g.lastHealth !== null ? g : undefined;
+        return g?.state === 'online' ? g : undefined;
       },
       20000,
     ).catch((err: Error) => {
@@ -81,6 +99,8 @@ describe('the console flow in Node-RED', () => {
       return d?.state === 'up' ? d : undefined;
     });
     expect(dev).toMatchObject({ gateway: GW, device: DEVICE, class: 'lab-analyzer' });
+    expect((await s().command(GW, 'health.now')).ok).toBe(true);
+    await until('a health message', async () => (await s().context<Record<string, GatewayRow>>('gateways'))?.[GW]?.lastHealth ?? undefined);
     // A policy committed now shows in the next health message.
     expect(gw.policyHash).toBeNull();
     const applied = await s().command(GW, 'policy.apply', { timeoutSeconds: 60 });
