@@ -26,4 +26,13 @@ export default tseslint.config(
       globals: { process: 'readonly', URL: 'readonly', console: 'readonly', setTimeout: 'readonly' },
     },
   },
+  {
+    // Node-RED loads nodes with require(): CommonJS, and `const node = this` is its idiom.
+    files: ['flows/nodes/**/*.js'],
+    languageOptions: {
+      sourceType: 'commonjs',
+      globals: { require: 'readonly', module: 'writable', __dirname: 'readonly', process: 'readonly' },
+    },
+    rules: { '@typescript-eslint/no-require-imports': 'off', '@typescript-eslint/no-this-alias': 'off' },
+  },
 );

@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Installs what wardgate, its demo and its tests need on Debian 12 / Raspberry Pi OS, as root:
-# the OS packages (nftables, iproute2, ...) and the node modules from package-lock.json.
+# the OS packages (nftables, iproute2, ...; chromium only for the console's dashboard tests)
+# and the node modules from package-lock.json.
 # Safe to run again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-packages=(nftables conntrack tcpdump iproute2 iputils-ping procps kmod iperf3 openssl mosquitto mosquitto-clients dcmtk python3-pymodbus python3-serial python3-serial-asyncio mbpoll socat systemd ieee-data graphviz rsyslog rsyslog-gnutls tftpd-hpa)
+packages=(nftables conntrack tcpdump iproute2 iputils-ping procps kmod iperf3 openssl mosquitto mosquitto-clients dcmtk python3-pymodbus python3-serial python3-serial-asyncio mbpoll socat systemd ieee-data graphviz rsyslog rsyslog-gnutls tftpd-hpa chromium)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")

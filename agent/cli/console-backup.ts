@@ -4,13 +4,11 @@
 // (and verified, when --pubkey was given); 1 refused, failed, no answer, or a check failed;
 // 2 usage.
 import { basename, resolve } from 'node:path';
-import { verifyBundle } from '../backup/bundle.js';
-import { formatProblem } from '../backup/errors.js';
 import { readGatewayPublicKey } from '../backup/keys.js';
 import { PULL_CHUNK_MAX, PULL_CHUNK_MIN } from '../backup/pull.js';
 import { CommandClient } from '../console/client.js';
 import { loadConsoleKey } from '../console/keys.js';
-import { listRemote, pullBundle, type PullTarget } from '../console/pull.js';
+import { checkPulled, listRemote, pullBundle, type PullTarget } from '../console/pull.js';
 import { connectOptions, need, parseTarget, seconds, type ConsoleOptions } from './console.js';
 import { UsageError } from './context.js';
 import type { Io } from './io.js';
@@ -118,15 +116,14 @@ async function pull(positionals: string[], opts: ConsoleOptions, io: Io): Promis
     io.out(`not verified: the bundle's signatures were not checked; run: wardgate backup verify ${out} --pubkey GATEWAY.pub`);
     return r.skipped.length > 0 ? 1 : 0;
   }
-  const report = await verifyBundle(out, pub);
-  for (const p of report.problems) io.err(`FAILED ${formatProblem(p)}`);
-  const wanted = `${t.site}/${t.gateway}`;
-  const mismatch = [report.gateway !== wanted ? `from ${report.gateway ?? '?'}, not ${wanted}` : '', report.device !== device ? `of ${report.device ?? '?'}, not ${device}` : ''].filter(Boolean);
-  for (const m of mismatch) io.err(`FAILED the bundle is ${m}`);
-  if (!report.ok || mismatch.length > 0) {
-    io.err(`${out}: do not trust it: ${report.problems.length + mismatch.length} problem(s)`);
+  const check = await checkPulled(out, pub, { site: t.site, gateway: t.gateway, device });
+  for (const p of check.problems) io.err(`FAILED ${p}`);
+  if (!check.ok) {
+    io.err(`${out}: do not trust it: ${check.problems.length} problem(s)`);
     return 1;
   }
+  const report = check.report;
+  const wanted = `${t.site}/${t.gateway}`;
   io.out(`verified with ${opts.pubkey} (sha256 ${pub.fingerprint}): ${report.versions.length} version(s) of ${device} from ${wanted}: the index and every manifest signed by that key, every blob's ciphertext hash right`);
   io.out('the configurations are still encrypted; check the plaintext with: wardgate backup verify BUNDLE --pubkey FILE --key DATA.key');
   return r.skipped.length > 0 ? 1 : 0;

@@ -5,6 +5,9 @@
 // there when they agree (from zero when not). The bundle is then renamed into place, whole.
 import { createHash, type Hash, type KeyObject } from 'node:crypto';
 import { closeSync, fsyncSync, openSync, readSync, renameSync, rmSync, writeSync } from 'node:fs';
+import { verifyBundle, type BundleReport } from '../backup/bundle.js';
+import { formatProblem } from '../backup/errors.js';
+import type { GatewayKey } from '../backup/keys.js';
 import { ListResult, PullResult } from '../backup/pull.js';
 import { ConsoleError, type CommandClient } from './client.js';
 
@@ -199,4 +202,25 @@ function appendChunk(part: string, bytes: Buffer): void {
   } finally {
     closeSync(fd);
   }
+}
+
+export interface PulledCheck {
+  ok: boolean;
+  report: BundleReport;
+  /** Each failed check, one line each: the bundle's own problems, then a wrong gateway or device. */
+  problems: string[];
+}
+
+/**
+ * What `wardgate backup verify` checks, with the gateway's public key, plus that the bundle is
+ * the one asked for: a bundle that verifies but is another gateway's or another device's is
+ * not trusted either (a gateway key could sign for several names).
+ */
+export async function checkPulled(path: string, pub: GatewayKey, wanted: { site: string; gateway: string; device: string }): Promise<PulledCheck> {
+  const report = await verifyBundle(path, pub);
+  const target = `${wanted.site}/${wanted.gateway}`;
+  const problems = report.problems.map(formatProblem);
+  if (report.gateway !== target) problems.push(`the bundle is from ${report.gateway ?? '?'}, not ${target}`);
+  if (report.device !== wanted.device) problems.push(`the bundle is of ${report.device ?? '?'}, not ${wanted.device}`);
+  return { ok: report.ok && problems.length === 0, report, problems };
 }
