@@ -5,15 +5,18 @@
 import ModbusRTU from 'modbus-serial';
 
 export interface LabAnalyzer {
+  host: string;
   port: number;
   registers: number[];
   close(): Promise<void>;
 }
 
-/** Starts the analyzer on 127.0.0.1:port. Pick a free port: port 0 would silently mean 502. */
-export function startLabAnalyzer(port: number, unitId = 1): Promise<LabAnalyzer> {
+/**
+ * Starts the analyzer on host:port (a loopback address). Pick a free port: port 0 would silently
+ * mean 502. `registers` carries a panel's settings over a restart.
+ */
+export function startLabAnalyzer(port: number, unitId = 1, host = '127.0.0.1', registers = [1, 0, 87, 370]): Promise<LabAnalyzer> {
   if (port === 0) return Promise.reject(new RangeError('modbus-serial treats port 0 as 502: pass a free port'));
-  const registers = [1, 0, 87, 370];
   // readDeviceIdentification is served by modbus-serial but missing from its type declarations.
   const vector = {
     getHoldingRegister: (addr: number) => registers[addr] ?? 0,
@@ -26,9 +29,9 @@ export function startLabAnalyzer(port: number, unitId = 1): Promise<LabAnalyzer>
     readDeviceIdentification: () => ({ 0x00: 'Example Diagnostics', 0x01: 'CHEM-9000', 0x02: '4.2.1' }),
   };
   return new Promise((resolve, reject) => {
-    const server = new ModbusRTU.ServerTCP(vector, { host: '127.0.0.1', port, unitID: unitId });
+    const server = new ModbusRTU.ServerTCP(vector, { host, port, unitID: unitId });
     server.on('initialized', () =>
-      resolve({ port, registers, close: () => new Promise<void>((r) => server.close(() => r())) }),
+      resolve({ host, port, registers, close: () => new Promise<void>((r) => server.close(() => r())) }),
     );
     server.on('socketError', () => {});
     server.on('error', reject);
