@@ -186,6 +186,11 @@ export const ProtocolsSchema = z
       .regex(/^\d{1,5}-\d{1,5}$/, 'a port range "low-high"')
       .default('40100-40299')
       .describe('Local ports the proxies listen on; the ruleset redirects each proxied device port to one of them'),
+    listenHost: z
+      .string()
+      .regex(/^[0-9A-Fa-f.:]{2,45}$/, 'an IPv4 or IPv6 address')
+      .default('::')
+      .describe('The address the proxies listen on. Keep "::" with nftables: the redirect delivers to the address of the interface a connection came in on. 127.0.0.1 is for a gateway without the kernel\'s redirect (the dry-run backend, the demo), whose peers on the same machine connect to the listeners directly'),
     maxConnections: z.number().int().min(1).max(100000).default(512).describe('Proxied connections at once, all devices'),
     maxConnectionsPerPeer: z.number().int().min(1).max(10000).default(16).describe('Proxied connections at once from one peer address'),
     connectTimeoutMs: z.number().int().min(100).max(60000).default(3000).describe('How long the proxy waits for the device to accept'),
