@@ -1,147 +1,41 @@
-// `wardgate demo` (what `npm start` runs). As root with nftables: a closed bridge-mode site in
-// network namespaces (a PACS, a lab middleware host, a stranger, a CT scanner and a lab
-// analyzer), the example policies applied to its gateway with commit-confirm, and real
-// connections that show what passes and what is dropped. Without root: a dry run into a
-// temporary state directory. Then health over MQTT (demo-mqtt.ts). It says what it did.
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+// `wardgate demo` (what `npm start` runs): the whole system on this machine. As root with
+// nftables it first shows the kernel enforcing the example policies in a network-namespace site
+// (demo/namespace.ts); then, root or not, the agent with its broker, simulated devices on
+// loopback, the inline proxies, signed commands, backups and the Node-RED console
+// (demo/system.ts), running until Ctrl-C, or once through with --once. The exit code is the
+// verdict: 0 when everything went as the policies say.
+import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { Writable } from 'node:stream';
-import { pino } from 'pino';
-import { NetnsSite } from '../hardware/netns-site.js';
-import { Controller } from './controller.js';
-import { flowsCommand } from './cli/flows.js';
-import { nftAvailable } from './policy/backend.js';
-import { policyCommand } from './cli/policy.js';
-import { runMqttDemo } from './demo-mqtt.js';
 import type { Io } from './cli/io.js';
-import { PACKAGE_ROOT } from './version.js';
+import { runNamespaceSite } from './demo/namespace.js';
+import { runSystem } from './demo/system.js';
+import { StopRequest } from './demo/util.js';
+import { nftAvailable } from './policy/backend.js';
 
-const repo = PACKAGE_ROOT;
-
-function gatewayYaml(stateDir: string): string {
-  return `apiVersion: wardgate/v1
-kind: Gateway
-site: demo
-gateway: gw-demo-01
-mode: bridge
-interfaces: { uplink: p0, device: p3, bridge: br0 }
-deviceSegments: [10.20.0.0/24, fd00:20::/64]
-management: { networks: [10.99.0.0/24] }
-stateDir: ${stateDir}
-policies:
-  - ${join(repo, 'rules')}/*.yaml
-commitConfirm: { timeoutSeconds: 120 }
-`;
+export interface DemoOptions {
+  /** Keep the work directory (and, as root, the namespace site) after the demo ends. */
+  keep: boolean;
+  /** Run the script and end, instead of running until Ctrl-C. */
+  once: boolean;
 }
 
-const HOSTS = [
-  { name: 'pacs', side: 'hospital' as const, ipv4: ['10.10.1.10'], label: 'PACS' },
-  { name: 'middleware', side: 'hospital' as const, ipv4: ['10.10.4.30'], label: 'lab middleware' },
-  { name: 'stranger', side: 'hospital' as const, ipv4: ['10.10.9.66'], label: 'unknown hospital host' },
-  { name: 'ct', side: 'device' as const, ipv4: ['10.20.0.11'], label: 'CT scanner ct-01' },
-  { name: 'analyzer', side: 'device' as const, ipv4: ['10.20.0.31'], label: 'lab analyzer lab-analyzer-01' },
-];
-
-const TRIES = [
-  { from: 'pacs', to: 'ct', port: 104, expect: true, why: 'DICOM from the PACS (ct-01/allow[1])' },
-  { from: 'stranger', to: 'ct', port: 104, expect: false, why: 'DICOM from an unknown host' },
-  { from: 'pacs', to: 'ct', port: 23, expect: false, why: 'telnet from the PACS' },
-  { from: 'middleware', to: 'analyzer', port: 502, expect: true, why: 'Modbus from the lab middleware (lab-analyzer-01/allow[0])' },
-  { from: 'stranger', to: 'analyzer', port: 502, expect: false, why: 'Modbus from an unknown host' },
-];
-
-export async function runDemo(opts: { keep: boolean }, io: Io): Promise<number> {
+export async function runDemo(opts: DemoOptions, io: Io): Promise<number> {
   const work = mkdtempSync(join(tmpdir(), 'wardgate-demo-'));
-  const gateway = join(work, 'gateway.yaml');
-  writeFileSync(gateway, gatewayYaml(join(work, 'state')));
+  const stop = new StopRequest();
+  stop.install();
   const root = process.getuid?.() === 0 && nftAvailable().ok;
-  io.out(`wardgate demo: example policies from ${join(repo, 'rules')}, state in ${work}`);
-
-  if (!root) {
-    io.out('not root (or no nftables): DRY RUN, nothing is enforced; the compiled ruleset is written to a file');
-    await policyCommand('check', { gateway, backend: 'dry-run' }, io);
-    await policyCommand('apply', { gateway, backend: 'dry-run' }, io);
-    await policyCommand('confirm', { gateway, backend: 'dry-run' }, io);
-    io.out(`ruleset: ${join(work, 'state', 'dry-run', 'ruleset.nft')}`);
-    io.out('run as root (sudo npm start) to see it enforced in a network-namespace site');
-    return (await runMqttDemo(work, opts, io)) === 0 ? 0 : 1;
-  }
-
-  const prefix = `wgdemo${process.pid}`;
-  io.out(`building a closed bridge-mode site in network namespaces ${prefix}-*`);
-  const site = await NetnsSite.create({ prefix, mode: 'bridge', hosts: HOSTS });
-  const netcheck = join(repo, 'hardware', 'netcheck.mjs');
+  io.out(`wardgate demo: the whole system on this machine; work directory ${work}`);
+  let surprises = 0;
   try {
-    for (const h of HOSTS.filter((x) => x.side === 'device')) site.spawn(h.name, [process.execPath, netcheck, 'listen', 'tcp', '23', '104', '502']);
-    await new Promise((r) => setTimeout(r, 500));
-    const g = { gateway, netns: site.gw };
-    await policyCommand('check', g, io);
-    await policyCommand('apply', g, io);
-    await policyCommand('confirm', g, io);
-
-    // The agent, for its flow log and detections: its events are printed as they come.
-    const events: string[] = [];
-    const logLines = new Writable({
-      write(chunk: Buffer, _enc, done) {
-        for (const line of chunk.toString().split('\n').filter(Boolean)) {
-          const rec = JSON.parse(line) as { event?: string; severity?: string; msg?: string };
-          if (rec.event !== undefined) {
-            events.push(rec.event);
-            io.out(`  event [${rec.severity ?? ''}] ${rec.event}: ${rec.msg ?? ''}`);
-          }
-        }
-        done();
-      },
-    });
-    const agent = new Controller(g, io, pino({ name: 'wardgate' }, logLines));
-    await agent.start();
-    await new Promise((r) => setTimeout(r, 1500)); // conntrack and tcpdump subscribe
-    io.out('');
-    io.out('trying connections across the gateway (the agent records them):');
-    let surprises = 0;
-    for (const t of TRIES) {
-      const target = HOSTS.find((h) => h.name === t.to);
-      const r = await site.exec(t.from, [process.execPath, netcheck, 'connect', 'tcp', target?.ipv4[0] ?? '', String(t.port), '1000']);
-      const passed = r.code === 0;
-      if (passed !== t.expect) surprises++;
-      io.out(`  ${passed ? 'PASSED ' : 'DROPPED'} ${t.from} -> ${target?.label ?? t.to}:${t.port}  ${t.why}${passed === t.expect ? '' : '  <-- unexpected'}`);
-    }
-    // Connections end (conntrack -D), and the agent stops: the flows and the denied attempts are
-    // in its flow log.
-    await site.exec('gw', ['conntrack', '-D']);
-    await new Promise((r) => setTimeout(r, 500));
-    await agent.stop();
-    const flowFile = join(work, 'state', 'flows', 'flows.ndjson');
-    const records = readFileSync(flowFile, 'utf8').split('\n').filter(Boolean).map((l) => JSON.parse(l) as { device: string; peer: string; dport: number | null; verdict: string; entry: string | null; app: string | null });
-    io.out(`\nthe flow log (${flowFile}):`);
-    for (const r of records.filter((x) => x.device !== 'gateway')) {
-      io.out(`  ${r.verdict.padEnd(9)} ${r.peer} -> ${r.device}:${r.dport ?? ''} ${r.app ?? ''}${r.entry ? ` (${r.entry})` : ''}`);
-    }
-    if (!events.includes('flow.denied')) {
-      surprises++;
-      io.out('  <-- expected a flow.denied event');
-    }
-    const mapFile = join(work, 'flows-map.svg');
-    io.out('\nthe data-flow map (wardgate flows map --format svg), allowed against observed:');
-    await flowsCommand('map', { gateway, format: 'svg', out: mapFile }, io);
-    io.out(`  ${mapFile}${opts.keep ? '' : ' (removed with the site; --keep keeps it)'}`);
-    io.out('');
-    await policyCommand('status', g, io);
-    const counters = await site.exec('gw', ['nft', 'list', 'chain', 'inet', 'wardgate', 'dev_ct_01_in']);
-    io.out('\nct-01 inbound chain, with its counters:');
-    io.out(counters.stdout.trimEnd());
-    if (opts.keep) {
-      io.out(`\n--keep: the site stays up. Look: ip netns exec ${site.gw} nft list table inet wardgate`);
-      io.out(`remove it: for n in $(ip netns list | grep ${prefix} | cut -d' ' -f1); do ip netns del $n; done`);
-    }
-    surprises += await runMqttDemo(work, opts, io);
-    return surprises === 0 ? 0 : 1;
+    if (root) surprises += await runNamespaceSite(work, opts, io);
+    else io.out('not root (or no nftables): no network-namespace site; the rest runs on loopback with the dry-run backend');
+    if (!stop.requested) surprises += await runSystem(work, opts, stop, io);
   } finally {
-    if (!opts.keep) {
-      await site.destroy();
-      rmSync(work, { recursive: true, force: true });
-      io.out('\nsite removed; nothing on this host was changed');
-    }
+    stop.uninstall();
+    if (opts.keep) io.out(`\n--keep: the work directory stays: ${work}`);
+    else rmSync(work, { recursive: true, force: true });
   }
+  io.out(surprises === 0 ? '\ndemo: everything went as the policies say' : `\ndemo: ${surprises} surprise(s), marked "<-- expected" above`);
+  return surprises === 0 ? 0 : 1;
 }

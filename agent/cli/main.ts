@@ -50,7 +50,8 @@ usage: wardgate <command> [options]
   broker            the wardgate MQTT broker for a site (--config broker.yaml), until SIGTERM
   broker passwd     add or replace a broker user: broker passwd FILE USER (password on stdin)
   run               the agent: finishes pending changes and keeps the committed ruleset loaded
-  demo              the whole system on this machine (a network namespace site when root)
+  demo              the whole system on this machine, until Ctrl-C (--once: the script, then
+                    stop; --keep: keep its files and, as root, its network-namespace site)
   version           print the version
 
 options:
@@ -196,7 +197,7 @@ export async function main(argv: string[], io: Io = processIo): Promise<number> 
       }
       case 'demo': {
         const { runDemo } = await import('../demo.js');
-        return await runDemo({ keep: v.keep === true }, io);
+        return await runDemo({ keep: v.keep === true, once: v.once === true }, io);
       }
       default:
         throw new UsageError(`unknown command "${command}"`);
