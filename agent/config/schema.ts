@@ -5,6 +5,7 @@ import { familyOf, parsePrefix } from '../policy/net.js';
 import { BackupDeviceSchema } from '../backup/schema.js';
 import { BackupStoreSchema } from '../backup/schema-store.js';
 import { DicomRulesSchema, ModbusRulesSchema, ProtocolsSchema, RtuSchema } from '../protocols/schema.js';
+import { NodeRedSchema } from '../nodered/schema.js';
 
 export const API_VERSION = 'wardgate/v1';
 
@@ -282,6 +283,7 @@ export const GatewaySchema = z
     siem: SiemSchema.optional().describe('Export of events to a SIEM'),
     backup: BackupStoreSchema.default(BackupStoreSchema.parse({})).describe('The configuration backup store: data key, budget, retention (docs/backups.md)'),
     protocols: ProtocolsSchema.default(ProtocolsSchema.parse({})).describe('The inline Modbus and DICOM proxies that enforce allow entries with modbus: or dicom: rules (docs/protocols.md)'),
+    nodeRed: NodeRedSchema.optional().describe('Node-RED on the gateway, for local flows that raise wardgate events (docs/nodered.md); not run without this block'),
   })
   .strict();
 export type GatewayConfig = z.infer<typeof GatewaySchema>;
