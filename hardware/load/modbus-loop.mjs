@@ -158,6 +158,7 @@ function probe() {
     if (buf.length >= 11) done(buf[7] === 0x03, `answer fc ${buf[7]}`);
   });
   s.on('error', (e) => done(false, e.code ?? e.message));
+  s.on('end', () => done(false, `closed after ${Math.round(performance.now() - t0)} ms with ${buf.length} bytes`));
 }
 
 function percentile(sorted, q) {
