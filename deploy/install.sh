@@ -59,6 +59,7 @@ SRC=$(cd "$(dirname "$0")/.." && pwd)
 RELEASE_SHA=
 if [ -n "$RELEASE_TGZ" ]; then
   [ -f "$RELEASE_TGZ" ] || { echo "install.sh: $RELEASE_TGZ: no such file" >&2; exit 2; }
+  RELEASE_TGZ=$(cd "$(dirname "$RELEASE_TGZ")" && pwd)/$(basename "$RELEASE_TGZ")
   RELEASE_SHA=$(sha256sum "$RELEASE_TGZ" | cut -d ' ' -f 1)
 fi
 mkdir -p "$ROOT"
@@ -128,8 +129,10 @@ node_ok() {
 apt_node_ok() {
   candidate=$(apt-cache policy nodejs 2>/dev/null | sed -n 's/^ *Candidate: *//p' | sed 's/^[0-9]*://')
   major=${candidate%%.*}
-  case $major in '' | *[!0-9]*) return 1 ;; esac
-  [ "$major" -gt "$NODE_MIN_MAJOR" ]
+  rest=${candidate#*.}
+  minor=${rest%%.*}
+  case $major$minor in '' | *[!0-9]*) return 1 ;; esac
+  [ "$major" -gt "$NODE_MIN_MAJOR" ] || { [ "$major" -eq "$NODE_MIN_MAJOR" ] && [ "$minor" -ge "$NODE_MIN_MINOR" ]; }
 }
 
 packages() {

@@ -54,7 +54,7 @@ try conntrack alive conntrack -E -e NEW -b 8388608
 try tcpdump alive tcpdump -i nflog:10 -U -w /dev/null
 try vm sh -c 'echo 60 > /proc/sys/vm/swappiness'
 `;
-const answers = (out: string) => Object.fromEntries(out.trim().split('\n').map((l) => l.split('=')));
+const answers = (out: string): Record<string, string> => Object.fromEntries(out.trim().split('\n').map((l): [string, string] => [l.slice(0, l.indexOf('=')), l.slice(l.indexOf('=') + 1)]));
 
 describe.skipIf(reason !== undefined)('the agent unit: capabilities and ProtectKernelTunables, on this kernel', () => {
   it('an unprivileged user with the unit\'s capabilities runs nft, conntrack, tcpdump and writes the net sysctls; without them it cannot', () => {

@@ -186,10 +186,14 @@ describe.skipIf(!built)('deploy/install.sh --root DIR', () => {
 const REAL = ['/opt/wardgate', '/etc/wardgate', '/var/lib/wardgate', '/usr/bin/wardgate', '/etc/systemd/system/wardgate.service', '/etc/systemd/system/wardgate-restore.service', '/etc/modules-load.d/wardgate.conf', '/etc/sysctl.d/60-wardgate.conf'];
 const OVERLAYS = ['/etc', '/opt', '/usr/bin', '/var/lib'];
 
-/** This machine's wardgate paths and user as they are: a sandbox must leave them so. */
+/**
+ * This machine's wardgate paths and user as they are: a sandbox must leave them so. Which files,
+ * their modes and owners; not their times or sizes, which other tests on a shared machine may
+ * change (a test's own /var/lib/wardgate/audit): a leak would add files or change owners.
+ */
 function hostSnapshot(): string {
   const there = REAL.filter((p) => existsSync(p)).map((p) => `'${p}'`);
-  const files = there.length > 0 ? here(`find ${there.join(' ')} -printf '%p %y %m %U %G %s %T@ %C@\\n'`).out : '';
+  const files = there.length > 0 ? here(`find ${there.join(' ')} -printf '%p %y %m %U %G\\n'`).out : '';
   return `${files}${run('getent', ['passwd', 'wardgate']).out}${run('getent', ['group', 'wardgate']).out}`;
 }
 
@@ -303,6 +307,11 @@ describe.skipIf(!built || sandboxSkipReason !== undefined)('deploy/install.sh as
     expect(restore.out).toMatch(/restored the committed ruleset/);
     const status = inBox('wardgate policy status --json');
     expect(JSON.parse(status.out)).toMatchObject({ kernel: 'committed' });
+    // Commands that never touch the state keep root: a console's key goes where root says.
+    const keys = join(work, 'console-keys');
+    const k = inBox(`wardgate console keygen --out '${keys}' --id biomed && stat -c %U '${keys}/biomed.key'`);
+    expect(k.code, k.err).toBe(0);
+    expect(k.out.trim().split('\n').pop()).toBe('root');
     // The agent's own ExecStart names the same node and app.
     expect(unit.get('ExecStart')).toMatch(new RegExp(`^${exec[0]} --max-semi-space-size=1 /opt/wardgate/bin/wardgate\\.js run --gateway /etc/wardgate/gateway\\.yaml$`));
   });
@@ -385,7 +394,7 @@ describe('deploy/ansible', () => {
 
     const play = () =>
       sb().run('ansible-playbook', ['-i', join(dir, 'inventory.json'), join(REPO, 'deploy', 'ansible', 'site.yml')], {
-        env: { ...process.env, HOME: join(dir, 'home'), ANSIBLE_LOCAL_TEMP: join(dir, 'tmp'), ANSIBLE_REMOTE_TEMP: join(dir, 'tmp'), ANSIBLE_NOCOLOR: '1', ANSIBLE_RETRY_FILES_ENABLED: '0' },
+        env: { ...process.env, HOME: join(dir, 'home'), ANSIBLE_LOCAL_TEMP: join(dir, 'tmp'), ANSIBLE_REMOTE_TEMP: join(dir, 'tmp'), ANSIBLE_NOCOLOR: '1', ANSIBLE_RETRY_FILES_ENABLED: '0', ANSIBLE_PIPELINING: '1' },
         timeout: 180_000,
       });
     const recap = (out: string) => /gw-test\s*:\s*ok=(\d+)\s+changed=(\d+)\s+unreachable=(\d+)\s+failed=(\d+)/.exec(out)?.slice(1).map(Number);
