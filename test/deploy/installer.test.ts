@@ -1,13 +1,14 @@
 // deploy/install.sh from a release made by deploy/release.sh, run as a user would:
-// - with --root into a temporary image: twice (the second run changes nothing: paths, modes,
-//   owners and sha256 compared), upgrade (configuration, state and keys kept), uninstall (the
-//   configuration kept), uninstall --purge (nothing left);
+// - with --root into a temporary image: from the tarball twice (the second run changes nothing:
+//   paths, modes, owners and sha256 compared), upgrade from the unpacked tree (configuration,
+//   state and keys kept), uninstall (the configuration kept), uninstall --purge (nothing left);
 // - as root into the real paths of a sandbox (private mount namespace with overlays, private
-//   network namespace: test/deploy/sandbox.ts): the user made by useradd, /usr/bin/wardgate
+//   network namespace: test/deploy/sandbox.ts), from the release tarball as the Ansible role
+//   installs it: the user made by useradd, /usr/bin/wardgate
 //   dropping root to that user with the unit's capabilities, a policy applied and confirmed
 //   through it, and the boot-time restore run with the restore unit's own command, user and
-//   capabilities; nothing leaks to this machine;
-// - the Ansible playbook (deploy/ansible) against localhost in the same kind of sandbox, twice.
+//   capabilities; then the Ansible playbook (deploy/ansible) against localhost, converging that
+//   box twice; and uninstall --purge; nothing leaks to this machine.
 import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync, chmodSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -89,12 +90,12 @@ describe.skipIf(!built)('deploy/install.sh --root DIR', () => {
     expect(installer(['--root', img, '--bogus', 'install']).code).toBe(2);
   });
 
-  it('installs into the image, and a second run changes nothing', () => {
-    const a = installer(['--root', img, 'install']);
+  it('installs into the image from the release tarball, and a second run changes nothing', () => {
+    const a = installer(['--root', img, '--release', tarball, 'install']);
     expect(a.code, a.err).toBe(0);
     expect(changes(a.out)).toBeGreaterThan(0);
     first = everything();
-    const b = installer(['--root', img, 'install']);
+    const b = installer(['--root', img, '--release', tarball, 'install']);
     expect(b.code, b.err).toBe(0);
     expect(changes(b.out), b.out).toBe(0);
     expect(differences(first, everything())).toEqual([]);
@@ -141,6 +142,7 @@ describe.skipIf(!built)('deploy/install.sh --root DIR', () => {
     const pkg = readFileSync(pkgFile, 'utf8');
     try {
       writeFileSync(pkgFile, pkg.replace(/"version": "[^"]+"/, '"version": "9.9.9"'));
+      // From the unpacked tree this time (a checkout works the same way): copied, then swapped in.
       const r = installer(['--root', img, 'upgrade']);
       expect(r.code, r.err).toBe(0);
       expect(r.out).toMatch(/app: .* replaced \(\d+\.\d+\.\d+ -> 9\.9\.9\)/);
@@ -256,16 +258,21 @@ describe.skipIf(!built || sandboxSkipReason !== undefined)('deploy/install.sh as
     expect(hostSnapshot()).toBe(host);
   });
 
-  it('creates the wardgate user and installs; a second run changes nothing', () => {
-    const a = sb().run('sh', [join(release, 'deploy', 'install.sh'), '--no-packages', 'install']);
+  // As the Ansible role does: only deploy/ unpacked, the app straight from the tarball.
+  const install = () => sb().run('sh', [join(release, 'deploy', 'install.sh'), '--release', tarball, '--no-packages', 'install']);
+
+  it('creates the wardgate user and installs from the release tarball; a second run changes nothing', () => {
+    const a = install();
     expect(a.code, a.err).toBe(0);
     expect(a.out).toMatch(/user: wardgate \(\d+:\d+\) created/);
+    expect(a.out).toMatch(/app: \/opt\/wardgate installed/);
     // No systemd here: the installer says what to run instead of running it.
     expect(a.out).toMatch(/systemd: not running here; on the gateway run: systemctl daemon-reload && systemctl enable wardgate-restore\.service wardgate\.service/);
     const m1 = real();
-    const b = sb().run('sh', [join(release, 'deploy', 'install.sh'), '--no-packages', 'install']);
+    const b = install();
     expect(b.code, b.err).toBe(0);
     expect(changes(b.out), b.out).toBe(0);
+    expect(b.out).toMatch(/app: \/opt\/wardgate unchanged/);
     expect(differences(m1, real())).toEqual([]);
 
     const [name, , uid = '', gid = '', , home = '', shell = ''] = (m1.get('getent') ?? '').split('\n')[0]?.split(':') ?? [];
@@ -316,6 +323,81 @@ describe.skipIf(!built || sandboxSkipReason !== undefined)('deploy/install.sh as
     expect(unit.get('ExecStart')).toMatch(new RegExp(`^${exec[0]} --max-semi-space-size=1 /opt/wardgate/bin/wardgate\\.js run --gateway /etc/wardgate/gateway\\.yaml$`));
   });
 
+  /** An inventory for this machine as the gateway gw-test, with the release and fake certificates. */
+  const ansibleInventory = (): string => {
+    const dir = join(work, 'ansible');
+    mkdirSync(join(dir, 'home'), { recursive: true });
+    for (const f of ['ca.crt', 'gw.crt', 'gw.key']) writeFileSync(join(dir, f), `-----BEGIN TEST ${f}-----\n`);
+    const inventory = {
+      wardgate_gateways: {
+        hosts: {
+          'gw-test': {
+            ansible_connection: 'local',
+            ansible_become: false,
+            ansible_python_interpreter: '/usr/bin/python3',
+            wardgate_release: tarball,
+            wardgate_release_dir: join(dir, 'release'),
+            wardgate_install_args: ['--no-packages'],
+            wardgate_site: 'st-test',
+            wardgate_device_segments: ['10.20.0.0/24', 'fd00:20::/64'],
+            wardgate_management_networks: ['10.99.0.0/24'],
+            wardgate_mqtt_url: 'mqtts://broker.st-test.example:8883',
+            wardgate_mqtt_ca: join(dir, 'ca.crt'),
+            wardgate_mqtt_cert: join(dir, 'gw.crt'),
+            wardgate_mqtt_key: join(dir, 'gw.key'),
+            wardgate_gateway_extra: { health: { intervalSeconds: 60 }, commitConfirm: { timeoutSeconds: 300 } },
+            // All the example policies but one: the installer's copy of that one goes.
+            wardgate_policies: ['groups.yaml', 'ct-modality.yaml', 'lab-analyzer.yaml', 'infusion-pump-server.yaml'].map((f) => join(REPO, 'rules', f)),
+            wardgate_apply: true,
+            wardgate_apply_timeout: 60,
+          },
+        },
+      },
+    };
+    writeFileSync(join(dir, 'inventory.json'), JSON.stringify(inventory));
+    return dir;
+  };
+
+  const play = (dir: string) =>
+    sb().run('ansible-playbook', ['-i', join(dir, 'inventory.json'), join(REPO, 'deploy', 'ansible', 'site.yml')], {
+      env: { ...process.env, HOME: join(dir, 'home'), ANSIBLE_LOCAL_TEMP: join(dir, 'tmp'), ANSIBLE_REMOTE_TEMP: join(dir, 'tmp'), ANSIBLE_NOCOLOR: '1', ANSIBLE_RETRY_FILES_ENABLED: '0', ANSIBLE_PIPELINING: '1' },
+      timeout: 180_000,
+    });
+  const recap = (out: string) => /gw-test\s*:\s*ok=(\d+)\s+changed=(\d+)\s+unreachable=(\d+)\s+failed=(\d+)/.exec(out)?.slice(1).map(Number);
+
+  it.skipIf(!haveAnsible)('site.yml converges it: gateway.yaml, MQTT certificates, policies placed and removed, applied and confirmed; a second run changes nothing', () => {
+    const dir = ansibleInventory();
+    const a = play(dir);
+    expect(a.code, `${a.out}${a.err}`).toBe(0);
+    expect(recap(a.out)?.slice(2)).toEqual([0, 0]);
+    // The box already runs this release: install.sh --release found nothing to change.
+    const task = a.out.slice(a.out.indexOf('TASK [wardgate : Install or upgrade'));
+    expect(/^(ok|changed): \[gw-test\]/m.exec(task)?.[1]).toBe('ok');
+
+    const g = parse(sb().run('cat', ['/etc/wardgate/gateway.yaml']).out) as Record<string, unknown>;
+    expect(g).toMatchObject({
+      apiVersion: 'wardgate/v1',
+      kind: 'Gateway',
+      site: 'st-test',
+      gateway: 'gw-test',
+      mode: 'bridge',
+      deviceSegments: ['10.20.0.0/24', 'fd00:20::/64'],
+      management: { networks: ['10.99.0.0/24'] },
+      mqtt: { url: 'mqtts://broker.st-test.example:8883', tls: { ca: '/etc/wardgate/mqtt/ca.crt', cert: '/etc/wardgate/mqtt/gateway.crt', key: '/etc/wardgate/mqtt/gateway.key' } },
+      health: { intervalSeconds: 60 },
+      commitConfirm: { timeoutSeconds: 300 },
+    });
+    expect(sb().sh('stat -c "%U:%G %a" /etc/wardgate/mqtt/gateway.key /etc/wardgate/gateway.yaml').out.split('\n')).toEqual(['wardgate:wardgate 600', 'root:wardgate 640', '']);
+    expect(sb().sh('ls /etc/wardgate/rules/*.yaml').out.trim().split('\n').map((p) => p.replace('/etc/wardgate/rules/', ''))).toEqual(['ct-modality.yaml', 'groups.yaml', 'infusion-pump-server.yaml', 'lab-analyzer.yaml']);
+    const status = JSON.parse(sb().sh('wardgate policy status --json').out) as { kernel: string; pending?: unknown };
+    expect(status.kernel).toBe('committed');
+    expect(status.pending).toBeUndefined();
+
+    const b = play(dir);
+    expect(b.code, `${b.out}${b.err}`).toBe(0);
+    expect(recap(b.out)?.slice(1), b.out).toEqual([0, 0, 0]);
+  });
+
   it('uninstall --purge takes the user and every file away', () => {
     const r = sb().run('sh', [join(release, 'deploy', 'install.sh'), 'uninstall', '--purge']);
     expect(r.code, r.err).toBe(0);
@@ -340,92 +422,5 @@ describe('deploy/ansible', () => {
     } finally {
       rmSync(home, { recursive: true, force: true });
     }
-  });
-
-  describe.skipIf(!built || !haveAnsible || sandboxSkipReason !== undefined)('site.yml against localhost, in a sandbox', () => {
-    let box: Sandbox | undefined;
-    let dir = '';
-    let host = '';
-    const sb = () => {
-      if (!box) throw new Error('no sandbox');
-      return box;
-    };
-
-    beforeAll(() => {
-      dir = join(work, 'ansible');
-      mkdirSync(join(dir, 'home'), { recursive: true });
-      for (const f of ['ca.crt', 'gw.crt', 'gw.key']) writeFileSync(join(dir, f), `-----BEGIN TEST ${f}-----\n`);
-      const inventory = {
-        wardgate_gateways: {
-          hosts: {
-            'gw-test': {
-              ansible_connection: 'local',
-              ansible_become: false,
-              ansible_python_interpreter: '/usr/bin/python3',
-              wardgate_release: tarball,
-              wardgate_release_dir: join(dir, 'release'),
-              wardgate_install_args: ['--no-packages'],
-              wardgate_site: 'st-test',
-              wardgate_device_segments: ['10.20.0.0/24', 'fd00:20::/64'],
-              wardgate_management_networks: ['10.99.0.0/24'],
-              wardgate_mqtt_url: 'mqtts://broker.st-test.example:8883',
-              wardgate_mqtt_ca: join(dir, 'ca.crt'),
-              wardgate_mqtt_cert: join(dir, 'gw.crt'),
-              wardgate_mqtt_key: join(dir, 'gw.key'),
-              wardgate_gateway_extra: { health: { intervalSeconds: 60 }, commitConfirm: { timeoutSeconds: 300 } },
-              // All the example policies but one: the installer's copy of that one goes.
-              wardgate_policies: ['groups.yaml', 'ct-modality.yaml', 'lab-analyzer.yaml', 'infusion-pump-server.yaml'].map((f) => join(REPO, 'rules', f)),
-              wardgate_apply: true,
-              wardgate_apply_timeout: 60,
-            },
-          },
-        },
-      };
-      writeFileSync(join(dir, 'inventory.json'), JSON.stringify(inventory));
-      host = hostSnapshot();
-      box = openClean(join(work, 'ansible-sandbox'));
-    });
-
-    afterAll(() => {
-      box?.close();
-      box = undefined;
-      expect(hostSnapshot()).toBe(host);
-    });
-
-    const play = () =>
-      sb().run('ansible-playbook', ['-i', join(dir, 'inventory.json'), join(REPO, 'deploy', 'ansible', 'site.yml')], {
-        env: { ...process.env, HOME: join(dir, 'home'), ANSIBLE_LOCAL_TEMP: join(dir, 'tmp'), ANSIBLE_REMOTE_TEMP: join(dir, 'tmp'), ANSIBLE_NOCOLOR: '1', ANSIBLE_RETRY_FILES_ENABLED: '0', ANSIBLE_PIPELINING: '1' },
-        timeout: 180_000,
-      });
-    const recap = (out: string) => /gw-test\s*:\s*ok=(\d+)\s+changed=(\d+)\s+unreachable=(\d+)\s+failed=(\d+)/.exec(out)?.slice(1).map(Number);
-
-    it('installs, templates gateway.yaml, places the policies, applies and confirms them; a second run changes nothing', () => {
-      const a = play();
-      expect(a.code, `${a.out}${a.err}`).toBe(0);
-      expect(recap(a.out)?.slice(2)).toEqual([0, 0]);
-
-      const g = parse(sb().run('cat', ['/etc/wardgate/gateway.yaml']).out) as Record<string, unknown>;
-      expect(g).toMatchObject({
-        apiVersion: 'wardgate/v1',
-        kind: 'Gateway',
-        site: 'st-test',
-        gateway: 'gw-test',
-        mode: 'bridge',
-        deviceSegments: ['10.20.0.0/24', 'fd00:20::/64'],
-        management: { networks: ['10.99.0.0/24'] },
-        mqtt: { url: 'mqtts://broker.st-test.example:8883', tls: { ca: '/etc/wardgate/mqtt/ca.crt', cert: '/etc/wardgate/mqtt/gateway.crt', key: '/etc/wardgate/mqtt/gateway.key' } },
-        health: { intervalSeconds: 60 },
-        commitConfirm: { timeoutSeconds: 300 },
-      });
-      expect(sb().sh('stat -c "%U:%G %a" /etc/wardgate/mqtt/gateway.key /etc/wardgate/gateway.yaml').out.split('\n')).toEqual(['wardgate:wardgate 600', 'root:wardgate 640', '']);
-      expect(sb().sh('ls /etc/wardgate/rules/*.yaml').out.trim().split('\n').map((p) => p.replace('/etc/wardgate/rules/', ''))).toEqual(['ct-modality.yaml', 'groups.yaml', 'infusion-pump-server.yaml', 'lab-analyzer.yaml']);
-      const status = JSON.parse(sb().sh('wardgate policy status --json').out) as { kernel: string; pending?: unknown };
-      expect(status.kernel).toBe('committed');
-      expect(status.pending).toBeUndefined();
-
-      const b = play();
-      expect(b.code, `${b.out}${b.err}`).toBe(0);
-      expect(recap(b.out)?.slice(1), b.out).toEqual([0, 0, 0]);
-    });
   });
 });
