@@ -4,10 +4,11 @@
 #   install.sh [--root DIR] [--release FILE] [--no-packages] [--no-systemd]
 #              install|upgrade|uninstall [--purge]
 #
-#   install     the runtime packages, the wardgate user, the app in /opt/wardgate, the command
-#               /usr/bin/wardgate, /etc/wardgate (gateway.yaml and rules/ only where absent),
-#               /var/lib/wardgate, the backup keys (only where absent), the systemd units
-#               (enabled, not started). Running it again changes nothing.
+#   install     the runtime packages, the wardgate user (in the group dialout, for serial
+#               lines), the app in /opt/wardgate, the command /usr/bin/wardgate, /etc/wardgate
+#               (gateway.yaml and rules/ only where absent), /var/lib/wardgate, the backup keys
+#               (only where absent), the systemd units (enabled, not started). Running it again
+#               changes nothing.
 #   upgrade     the app, the command and the units from this copy; configuration, state and keys
 #               are kept; the agent is restarted if it was running.
 #   uninstall   the app, the command and the units; /etc/wardgate and /var/lib/wardgate are kept
@@ -44,7 +45,7 @@ while [ $# -gt 0 ]; do
     --no-packages) PACKAGES=0; shift ;;
     --no-systemd) SYSTEMD=0; shift ;;
     --purge) PURGE=1; shift ;;
-    -h | --help) sed -n '2,24p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h | --help) sed -n '2,25p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     install | upgrade | uninstall) [ -z "$CMD" ] || usage; CMD=$1; shift ;;
     *) echo "install.sh: unknown argument \"$1\"" >&2; usage ;;
   esac
@@ -212,6 +213,26 @@ ensure_user() {
   change "user: $USER_NAME ($WG_UID:$WG_GID) created: system user, no home, no login"
 }
 
+# Serial lines (Modbus RTU devices behind the gateway, RTU backups: docs/protocols.md) belong to
+# the group dialout; systemd gives the agent the groups the database lists for its user.
+group_exists() {
+  if [ "$LIVE" = 1 ]; then getent group "$1" >/dev/null; else grep -q "^$1:" "$R/etc/group" 2>/dev/null; fi
+}
+in_group() {
+  awk -F: -v g="$1" -v u="$USER_NAME" '$1 == g { n = split($4, m, ","); for (i = 1; i <= n; i++) if (m[i] == u) f = 1 } END { exit f ? 0 : 1 }' "$R/etc/group"
+}
+ensure_serial() {
+  if [ "$IS_ROOT" = 0 ] || [ -z "$WG_UID" ]; then return 0; fi
+  if ! group_exists dialout; then
+    note "serial ports: there is no group dialout; give $USER_NAME access to the RTU lines' devices"
+  elif in_group dialout; then
+    note "serial ports: $USER_NAME is in the group dialout"
+  else
+    if [ "$LIVE" = 1 ]; then usermod -a -G dialout "$USER_NAME"; else usermod --root "$ROOT" -a -G dialout "$USER_NAME"; fi
+    change "serial ports: $USER_NAME added to the group dialout (Modbus RTU lines)"
+  fi
+}
+
 # own OWNER [-R] PATH...: chown only where we may and there is someone to own it.
 own() {
   owner=$1
@@ -260,13 +281,14 @@ stage_tree() {
     # -H: a checkout's node_modules may itself be a symbolic link.
     cp -RH "$SRC/node_modules" "$STAGE/"
     if [ ! -f "$SRC/RELEASE" ]; then
-      # A development checkout: drop the dev dependencies (offline: npm only deletes).
-      (cd "$STAGE" && npm prune --omit=dev --offline --no-audit --no-fund --loglevel=error >/dev/null) ||
-        die "npm prune --omit=dev failed in $STAGE"
+      # A development checkout: drop the dev dependencies, and the optional ones (Node-RED, for a
+      # console, docs/console.md). Offline: npm only deletes.
+      (cd "$STAGE" && npm prune --omit=dev --omit=optional --offline --no-audit --no-fund --loglevel=error >/dev/null) ||
+        die "npm prune --omit=dev --omit=optional failed in $STAGE"
     fi
   else
     command -v npm >/dev/null 2>&1 || die "no node_modules in $SRC and no npm to fetch them: install from a release (deploy/release.sh)"
-    (cd "$STAGE" && npm ci --omit=dev --no-audit --no-fund --loglevel=error) || die "npm ci --omit=dev failed (it needs the npm registry, or a release with node_modules)"
+    (cd "$STAGE" && npm ci --omit=dev --omit=optional --no-audit --no-fund --loglevel=error) || die "npm ci --omit=dev --omit=optional failed (it needs the npm registry, or a release with node_modules)"
   fi
 }
 
@@ -448,6 +470,7 @@ install_app_then_use_it() {
 do_install() {
   packages
   ensure_user
+  ensure_serial
   install_app_then_use_it
   install_wrapper
   install_config
@@ -461,6 +484,7 @@ do_upgrade() {
   [ -f "$APP/bin/wardgate.js" ] || die "wardgate is not installed in $APP: use install"
   packages
   lookup_user
+  ensure_serial
   install_app_then_use_it
   install_wrapper
   install_state

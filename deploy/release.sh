@@ -45,16 +45,17 @@ done
 cp "$SRC/hardware/netcheck.mjs" "$STAGE/hardware/"
 # Source maps point at agent/*.ts, which a release does not carry.
 find "$STAGE/dist" -name '*.js.map' -exec rm -f {} +
-# The production packages only, as npm ls --omit=dev names them (with what they nest), rather
+# The production packages only, as npm ls --omit=dev --omit=optional names them (with what they
+# nest; optional: Node-RED and its dashboard are for a console, not a gateway: docs/console.md), rather
 # than all of node_modules and a prune: copying thousands of dev files to delete them is slow,
 # and npm prune has been seen to answer "up to date" over dev packages. The prune then only
 # tidies (bin links, the hidden lockfile).
-(cd "$SRC" && { npm ls --omit=dev --all --parseable 2>/dev/null || true; }) |
+(cd "$SRC" && { npm ls --omit=dev --omit=optional --all --parseable 2>/dev/null || true; }) |
   sed -n "s#^$SRC/\(node_modules/\(@[^/]*/\)\{0,1\}[^/]*\).*#\1#p" | sort -u >"$WORK/packages"
 [ -s "$WORK/packages" ] || { echo "release.sh: npm ls listed no production package" >&2; exit 1; }
 mkdir -p "$STAGE/node_modules"
 tar -C "$SRC" -cf - -T "$WORK/packages" | tar -C "$STAGE" -xf -
-(cd "$STAGE" && npm prune --omit=dev --offline --no-audit --no-fund --loglevel=error >/dev/null)
+(cd "$STAGE" && npm prune --omit=dev --omit=optional --offline --no-audit --no-fund --loglevel=error >/dev/null)
 commit=$(git -C "$SRC" rev-parse HEAD 2>/dev/null || echo unknown)
 printf 'wardgate %s\ncommit %s\n' "$VERSION" "$commit" >"$STAGE/RELEASE"
 chmod -R u+rwX,go+rX,go-w "$STAGE"

@@ -61,7 +61,7 @@ afterAll(() => {
 });
 
 describe.skipIf(!built)('deploy/release.sh', () => {
-  it('makes a tarball with the built app, production node_modules only, and install.sh', () => {
+  it('makes a tarball with the built app, production node_modules only (no dev, no optional), and install.sh', () => {
     expect(tarball).toMatch(/wardgate-\d+\.\d+\.\d+\.tar\.gz$/);
     const list = here(`tar -tzf '${tarball}'`).out.split('\n');
     const name = /(wardgate-[^/]+)\.tar\.gz$/.exec(tarball)?.[1] ?? '';
@@ -71,6 +71,10 @@ describe.skipIf(!built)('deploy/release.sh', () => {
     // Dev dependencies are pruned.
     expect(list.some((p) => p.startsWith(`${name}/node_modules/vitest/`))).toBe(false);
     expect(list.some((p) => p.startsWith(`${name}/node_modules/typescript/`))).toBe(false);
+    // Optional ones too: Node-RED is for a console, not a gateway (docs/console.md).
+    expect(list.some((p) => p.startsWith(`${name}/node_modules/node-red/`))).toBe(false);
+    // The serial ports' native module is a production dependency (Modbus RTU).
+    expect(list).toContain(`${name}/node_modules/@serialport/bindings-cpp/package.json`);
   });
 });
 
@@ -282,6 +286,8 @@ describe.skipIf(!built || sandboxSkipReason !== undefined)('deploy/install.sh as
     expect(inBox(`test -e '${home}'`).code).not.toBe(0); // no home
     expect(m1.get('/var/lib/wardgate/keys/backup-data.key')).toMatch(new RegExp(`^f 600 ${uid}:${gid} `));
     expect(m1.get('/etc/wardgate')).toBe(`d 750 0:${gid}`);
+    // Serial lines (Modbus RTU): the user is in the group that owns them, where there is one.
+    if (inBox('getent group dialout').code === 0) expect(inBox('id -nG wardgate').out.split(/\s+/)).toContain('dialout');
     // The sandbox's /etc/passwd has the user; this machine's does not.
     expect(run('getent', ['passwd', 'wardgate']).code).not.toBe(0);
   });
