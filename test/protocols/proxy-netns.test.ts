@@ -154,6 +154,10 @@ describe.skipIf(!canRoot)('Modbus proxy in a namespace site', () => {
     const j = await lab.nftJson();
     const alive = j.nftables.find((o) => o.set?.name === 'proxy_alive_v4')?.set;
     expect(JSON.stringify(alive?.elem ?? [])).toContain('10.20.0.41');
+    // The alive set's elements are the agent's state, not policy: the kernel is not "drifted".
+    const status = await lab.wardgate('policy', 'status');
+    expect(status.stdout).toMatch(/kernel:\s+committed/);
+    expect((agent as Agent).output()).not.toContain('policy.drift');
   });
 
   it('when the proxies stop, a fail-closed device refuses connections and a fail-open one is reached past them', async () => {
