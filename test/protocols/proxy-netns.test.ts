@@ -156,7 +156,7 @@ describe.skipIf(!canRoot)('Modbus proxy in a namespace site', () => {
     expect(JSON.stringify(alive?.elem ?? [])).toContain('10.20.0.41');
     // The alive set's elements are the agent's state, not policy: the kernel is not "drifted".
     const status = await lab.wardgate('policy', 'status');
-    expect(status.stdout).toMatch(/kernel:\s+committed/);
+    expect(status.stdout, status.stdout).toMatch(/kernel:\s+the committed ruleset/);
     expect((agent as Agent).output()).not.toContain('policy.drift');
   });
 
