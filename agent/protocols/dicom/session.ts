@@ -280,9 +280,11 @@ class DicomSession implements ProtocolSession {
     const { maxLength: deviceMax, maxLengthOffset } = ac.userInfo;
     const clampAt = maxLengthOffset !== undefined && deviceMax !== undefined && (deviceMax === 0 || deviceMax > maxLength) ? maxLengthOffset : undefined;
     if (refused.length > 0) {
-      const names = refused.map((id) => this.contexts.get(id)?.abstractSyntax ?? `context ${id}`);
-      const denial = `presentation contexts refused (abstract-syntax-not-supported): ${names.join(', ')}`;
-      this.alert('dicom.refused', names.join(','), denial, { contexts: refused.map((id) => ({ id, ...sopClass(this.contexts.get(id)?.abstractSyntax ?? '') })) }, 'info');
+      // Peers propose a class once per transfer syntax, and storescu every class it knows: say each once, and not all.
+      const classes = unique(refused.map((id) => this.contexts.get(id)?.abstractSyntax ?? `context ${id}`));
+      const shown = classes.slice(0, 4).map((uid) => sopClass(uid).name ?? uid);
+      const denial = `${refused.length} presentation contexts refused (abstract-syntax-not-supported): ${shown.join(', ')}${classes.length > shown.length ? ` and ${classes.length - shown.length} more SOP classes` : ''}`;
+      this.alert('dicom.refused', 'contexts', denial, { refused: refused.length, sopClasses: classes.slice(0, MAX_LISTED).map(sopClass) }, 'info');
       if (!this.ctx.enforce) this.noteWouldDeny(denial);
     }
     if (this.ctx.enforce && (refused.length > 0 || clampAt !== undefined)) {
