@@ -78,6 +78,13 @@ export function copies(template: string, dir: string, count: number): string[] {
   return files;
 }
 
+/**
+ * DCMTK 3.6.2 and later leave Nagle's algorithm on unless TCP_NODELAY=1 (dcmnet's envvars.txt; 3.6.7 reads that name):
+ * with it, each small C-STORE waits for a delayed ACK (about 40 ms on Linux). Timings run both
+ * ends with it off, which is DCMTK at its fastest, the baseline the proxy is measured against.
+ */
+export const NO_NAGLE = { ...process.env, TCP_NODELAY: '1' };
+
 export interface Storescp extends Peer {
   readonly dir: string;
   output(): string;
@@ -96,10 +103,10 @@ async function endChild(child: ChildProcess, timeoutMs = 3000): Promise<void> {
 }
 
 /** storescp as the device: stores into its own directory (`-od`), or drops what it gets (`ignore`). */
-export async function startStorescp(peers: Peers, port: number, aeTitle: string, opts: { ignore?: boolean; args?: string[] } = {}): Promise<Storescp> {
+export async function startStorescp(peers: Peers, port: number, aeTitle: string, opts: { ignore?: boolean; args?: string[]; env?: NodeJS.ProcessEnv } = {}): Promise<Storescp> {
   const dir = mkdtempSync(join(tmpdir(), 'wg-dicom-scp-'));
   const args = ['--aetitle', aeTitle, ...(opts.ignore === true ? ['--ignore'] : ['-od', dir]), '-ta', '10', '-td', '10', ...(opts.args ?? []), String(port)];
-  const child = spawn('storescp', args, { cwd: dir, stdio: ['ignore', 'pipe', 'pipe'] });
+  const child = spawn('storescp', args, { cwd: dir, stdio: ['ignore', 'pipe', 'pipe'], env: opts.env ?? process.env });
   let output = '';
   child.stdout.on('data', (d: Buffer) => (output += d.toString()));
   child.stderr.on('data', (d: Buffer) => (output += d.toString()));
@@ -128,10 +135,10 @@ export interface RunResult {
 }
 
 /** Runs a DCMTK client to completion (killed after `timeoutMs`). */
-export function run(tool: string, args: string[], timeoutMs = 30000): Promise<RunResult> {
+export function run(tool: string, args: string[], timeoutMs = 30000, env: NodeJS.ProcessEnv = process.env): Promise<RunResult> {
   return new Promise((resolve) => {
     const started = performance.now();
-    const child = spawn(tool, args, { stdio: ['ignore', 'pipe', 'pipe'] });
+    const child = spawn(tool, args, { stdio: ['ignore', 'pipe', 'pipe'], env });
     let output = '';
     child.stdout.on('data', (d: Buffer) => (output += d.toString()));
     child.stderr.on('data', (d: Buffer) => (output += d.toString()));
