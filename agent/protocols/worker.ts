@@ -13,7 +13,7 @@ import { RtuBus, type RtuStatus } from './modbus/rtu.js';
 import { createModbusSession } from './modbus/session.js';
 import { RecordLimiter } from './records.js';
 import { ProxyRelay, type RelayTarget } from './relay.js';
-import type { ModbusRules, ProtocolsConfig } from './schema.js';
+import type { DicomRules, ModbusRules, ProtocolsConfig } from './schema.js';
 import type { ProtocolAlert, ProtocolRecord, ProtocolSession, SessionContext } from './types.js';
 
 /** Denial and malformed-frame records kept per device, peer and kind a minute (records.ts). */
@@ -43,7 +43,7 @@ export function sessionFor(t: WorkerTarget, config: ProtocolsConfig, ctx: Sessio
   // request is a would-be denial, alerted and forwarded.
   if (rules.length === 0 && (t.enforce || t.rtu === undefined)) return undefined;
   if (t.app === 'modbus') return createModbusSession({ rules: rules as (ModbusRules | 'all')[], ctx, maxPendingRequests: config.modbus.maxPendingRequests });
-  return createDicomSession({ rules: rules, ctx, maxPduBytes: config.dicom.maxPduBytes });
+  return createDicomSession({ rules: rules as (DicomRules | 'all')[], ctx, maxPduBytes: config.dicom.maxPduBytes });
 }
 
 function main(): void {
