@@ -250,7 +250,7 @@ class DicomSession implements ProtocolSession {
     if (rejection !== undefined) {
       const why = rejection.reason === REJECT.userReason.noReasonGiven ? 'no proposed presentation context has an allowed SOP class' : rejection.text;
       const denial = `association rejected: ${why} (A-ASSOCIATE-RJ result 1, source 1, reason ${rejection.reason})`;
-      this.alert('dicom.rejected', `${rejection.reason}`, denial, { reason: rejection.reason, reasonText: rejection.text });
+      this.alert('dicom.rejected', `${rejection.reason}`, denial, { reason: rejection.reason, reasonText: rejection.text }, 'rejected');
       if (this.ctx.enforce) {
         this.out.toPeer.push(buildAssociateRj(REJECT.result.permanent, REJECT.source.serviceUser, rejection.reason));
         this.finish('rejected', 'proxy', `${rejection.text} (reason ${rejection.reason})`);
@@ -284,7 +284,7 @@ class DicomSession implements ProtocolSession {
       const classes = unique(refused.map((id) => this.contexts.get(id)?.abstractSyntax ?? `context ${id}`));
       const shown = classes.slice(0, 4).map((uid) => sopClass(uid).name ?? uid);
       const denial = `${refused.length} presentation contexts refused (abstract-syntax-not-supported): ${shown.join(', ')}${classes.length > shown.length ? ` and ${classes.length - shown.length} more SOP classes` : ''}`;
-      this.alert('dicom.refused', 'contexts', denial, { refused: refused.length, sopClasses: classes.slice(0, MAX_LISTED).map(sopClass) }, 'info');
+      this.alert('dicom.refused', 'contexts', denial, { refused: refused.length, sopClasses: classes.slice(0, MAX_LISTED).map(sopClass) }, 'refused', 'info');
       if (!this.ctx.enforce) this.noteWouldDeny(denial);
     }
     if (this.ctx.enforce && (refused.length > 0 || clampAt !== undefined)) {
@@ -339,8 +339,9 @@ class DicomSession implements ProtocolSession {
         if (pdv.last) this.message = { kind: 'none' };
       }
     }
-    if (this.peerCommand.active) {
+    if (this.peerCommand.active && this.ctx.enforce) {
       // The command is not whole yet: nothing of it goes to the device before it is checked.
+      // (Monitor mode denies nothing, so it holds nothing: the bytes go on as they came.)
       if (this.heldBytes + pdu.size > this.maxPduBytes + MAX_COMMAND_BYTES) {
         throw new DicomProtocolError(ABORT_REASON.invalidParameter, `a command spread over more than ${this.maxPduBytes + MAX_COMMAND_BYTES} bytes of PDUs`);
       }
@@ -387,7 +388,7 @@ class DicomSession implements ProtocolSession {
       ...(command.moveDestination !== undefined ? { moveDestination: command.moveDestination } : {}),
     };
     const denial = `${name} denied: ${why}`;
-    this.alert('dicom.aborted', `${name}:${context?.abstractSyntax ?? contextId}`, `${denial}; association aborted (A-ABORT source 2, reason 0)`, data);
+    this.alert('dicom.aborted', `${name}/${context?.abstractSyntax ?? contextId}`, `${denial}; association aborted (A-ABORT source 2, reason 0)`, data, 'aborted');
     if (!this.ctx.enforce) {
       this.noteWouldDeny(denial);
       return true;
@@ -432,7 +433,7 @@ class DicomSession implements ProtocolSession {
   /** A PDU that breaks PS3.8: abort (enforce), or stop reading and pass everything (monitor). */
   private protocolError(side: Side, err: DicomProtocolError, pdu: Pdu | null): void {
     const text = `malformed ${pdu === null ? 'PDU' : PDU_NAMES[pdu.type]} from the ${side}: ${err.message}`;
-    this.alert('dicom.malformed', `${side}:${err.reason}`, text, { from: side, abortReason: err.reason, abortReasonText: abortReasonText(ABORT_SOURCE.serviceProvider, err.reason) });
+    this.alert('dicom.malformed', `${side}/${err.reason}`, text, { from: side, abortReason: err.reason, abortReasonText: abortReasonText(ABORT_SOURCE.serviceProvider, err.reason) }, 'aborted');
     if (!this.ctx.enforce) {
       this.noteWouldDeny(text);
       this.becomeTransparent(side, pdu);
@@ -444,7 +445,7 @@ class DicomSession implements ProtocolSession {
 
   private oversize(side: Side, type: PduType, size: number): void {
     const text = `${PDU_NAMES[type]} of ${size} bytes from the ${side} is larger than ${this.maxPduBytes}`;
-    this.alert('dicom.oversize', side, text, { from: side, pdu: PDU_NAMES[type], size, maxPduBytes: this.maxPduBytes });
+    this.alert('dicom.oversize', side, text, { from: side, pdu: PDU_NAMES[type], size, maxPduBytes: this.maxPduBytes }, 'aborted');
     if (!this.ctx.enforce) {
       this.noteWouldDeny(text);
       this.becomeTransparent(side, null);
@@ -490,23 +491,28 @@ class DicomSession implements ProtocolSession {
     if (this.wouldDeny.length < MAX_LISTED) this.wouldDeny.push(text);
   }
 
-  private alert(kind: string, key: string, text: string, data: Record<string, unknown>, severity: ProtocolAlert['severity'] = 'warning'): void {
+  /**
+   * A denial (or, in monitor mode, what would have been one): an alert for the console, and the
+   * same as a record in the application log. `action` is what the filter did in enforce mode.
+   */
+  private alert(kind: string, key: string, text: string, data: Record<string, unknown>, action: 'rejected' | 'refused' | 'aborted', severity: ProtocolAlert['severity'] = 'warning'): void {
     const ctx = this.ctx;
+    const who = {
+      device: ctx.device,
+      peer: ctx.peer.address,
+      peerPort: ctx.peer.port,
+      calling: this.calling ?? null,
+      called: this.called ?? null,
+    };
+    const wouldDeny = !ctx.enforce;
     ctx.alert({
       severity,
       kind,
-      dedupKey: `${kind}:${ctx.device}:${ctx.peer.address}:${this.calling ?? ''}:${this.called ?? ''}:${key}`,
-      message: `${ctx.device}: DICOM from ${peerName(ctx)} (${this.calling ?? '?'} -> ${this.called ?? '?'}): ${text}${ctx.enforce ? '' : ' (monitor mode: forwarded)'}`,
-      data: {
-        device: ctx.device,
-        peer: ctx.peer.address,
-        peerPort: ctx.peer.port,
-        calling: this.calling ?? null,
-        called: this.called ?? null,
-        ...data,
-        ...(ctx.enforce ? {} : { wouldDeny: true }),
-      },
+      dedupKey: `${kind}/${ctx.device}/${ctx.peer.address}/${this.calling ?? ''}/${this.called ?? ''}/${key}`,
+      message: `${ctx.device}: DICOM from ${peerName(ctx)} (${this.calling ?? '?'} -> ${this.called ?? '?'}): ${text}${wouldDeny ? ' (monitor mode: forwarded)' : ''}`,
+      data: { ...who, ...data, wouldDeny },
     });
+    ctx.record({ kind, ...who, detail: text, ...data, action: wouldDeny ? 'forwarded' : action, wouldDeny });
   }
 
   private writeRecord(endReason: string): void {
