@@ -185,6 +185,11 @@ export class ProxyRelay {
     this.stats.accepted++;
     this.stats.connections++;
     this.perPeer.set(peer.address, count + 1);
+    // Nagle's algorithm would hold a second small write (a DICOM data set PDU after its command,
+    // a frame sent in pieces) until the first is acknowledged, and the receiver delays that ACK
+    // (40 ms on Linux) while it waits for the rest: 1,000 C-STOREs took 46 s instead of 0.2 s.
+    // Sessions hand over whole frames, so there is nothing for Nagle to gather.
+    peerSocket.setNoDelay(true);
     if (target.link) return this.relayLink(target, target.link.open(ctx), peerSocket, s, peer);
     this.sockets.add(peerSocket);
     // The device's connection is opened when the session first has bytes for it, not at accept:
@@ -274,6 +279,7 @@ export class ProxyRelay {
 
     const openDevice = (): Socket => {
       const d = connect({ host: deviceAddress, port: target.devicePort, allowHalfOpen: true, timeout: this.deps.config.connectTimeoutMs });
+      d.setNoDelay(true);
       deviceSocket = d;
       this.sockets.add(d);
       peerSocket.pause();
