@@ -1,20 +1,58 @@
 // The DICOM filter between real DCMTK peers over loopback: storescp is the device (AE title
-// CT01), echoscu and storescu are the hospital's side, and a small relay (relay.ts) feeds a
-// session per connection. What each tool prints and exits with is what an operator would see.
-import { existsSync, mkdtempSync, readdirSync, rmSync } from 'node:fs';
+// CT01), echoscu and storescu are the hospital's side, and the agent's own relay
+// (agent/protocols/relay.ts, listening on 127.0.0.1) runs a session per connection. What each
+// tool prints and exits with is what an operator would see.
+import { mkdtempSync, readdirSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { createDicomSession } from '../../../agent/protocols/dicom/session.js';
+import { ProxyRelay } from '../../../agent/protocols/relay.js';
 import type { DicomRules } from '../../../agent/protocols/schema.js';
+import type { ProtocolAlert, ProtocolRecord } from '../../../agent/protocols/types.js';
 import { freePort, Peers, waitFor } from '../../fixtures/peers.js';
 import { warnSkip } from '../../integration/site.js';
 import { copies, dcmtkSkipReason, makeObject, NO_NAGLE, run, SOP, startStorescp, type Storescp } from './dcmtk.js';
-import { startRelay, type Relay } from './relay.js';
 
 warnSkip('dicom peers', dcmtkSkipReason);
 
 const CT_ONLY: DicomRules = { calledAeTitle: 'CT01', callingAeTitles: ['PACS'], sopClasses: ['ct-image-storage', 'verification'] };
 const INSTANCE = '1.2.826.0.1.3680043.9.7433.1.1000';
+
+/** The association summaries among a relay's records (the rest are one per denial). */
+const associations = (r: { records: ProtocolRecord[] }) => r.records.filter((x) => x.kind === 'dicom.association');
+
+interface Relay {
+  port: number;
+  alerts: ProtocolAlert[];
+  records: ProtocolRecord[];
+  close(): Promise<void>;
+}
+
+/** The agent's relay with one DICOM target in front of `devicePort`. */
+async function startRelay(devicePort: number, rules: (DicomRules | 'all')[], enforce = true): Promise<Relay> {
+  const alerts: ProtocolAlert[] = [];
+  const records: ProtocolRecord[] = [];
+  const relay = new ProxyRelay({
+    config: { maxConnections: 16, maxConnectionsPerPeer: 16, connectTimeoutMs: 3000, idleTimeoutSeconds: 60 },
+    host: '127.0.0.1',
+    alert: (a) => alerts.push(a),
+    record: (r) => records.push(r),
+    log: { info: () => {}, warn: () => {}, error: (o, m) => console.error(m, o) },
+  });
+  const port = await freePort();
+  await relay.listen({
+    key: 'ct-01:104',
+    device: 'ct-01',
+    app: 'dicom',
+    listenPort: port,
+    devicePort,
+    addresses: { ipv4: '127.0.0.1' },
+    enforce,
+    session: (ctx) => createDicomSession({ rules, ctx, maxPduBytes: 1024 * 1024 }),
+  });
+  return { port, alerts, records, close: () => relay.close() };
+}
 
 describe.skipIf(dcmtkSkipReason !== undefined)('the DICOM filter between DCMTK peers', () => {
   const peers = new Peers();
@@ -24,8 +62,8 @@ describe.skipIf(dcmtkSkipReason !== undefined)('the DICOM filter between DCMTK p
   let mr = '';
   let scp: Storescp;
 
-  const relay = async (rules: (DicomRules | 'all')[], enforce = true, target = scp.port): Promise<Relay> => {
-    const r = await startRelay({ target, rules, enforce });
+  const relay = async (rules: (DicomRules | 'all')[], enforce = true): Promise<Relay> => {
+    const r = await startRelay(scp.port, rules, enforce);
     relays.push(r);
     return r;
   };
@@ -38,8 +76,8 @@ describe.skipIf(dcmtkSkipReason !== undefined)('the DICOM filter between DCMTK p
    */
   const deviceLog = (from: number) => scp.output().slice(from);
   const stored = () => readdirSync(scp.dir).filter((f) => f.includes(INSTANCE));
-  /** Every relayed connection has ended and written its record. */
-  const settled = (r: Relay, n: number) => waitFor(`${n} association records`, () => r.ended() >= n && r.records.length >= n, 5000);
+  /** `n` relayed connections have ended and written their association records. */
+  const settled = (r: Relay, n: number) => waitFor(`${n} association records`, () => associations(r).length >= n, 5000);
 
   beforeAll(async () => {
     dir = mkdtempSync(join(tmpdir(), 'wg-dicom-peers-'));
@@ -62,7 +100,7 @@ describe.skipIf(dcmtkSkipReason !== undefined)('the DICOM filter between DCMTK p
     expect(result.code, result.output).toBe(0);
     await waitFor('the file in storescp\'s directory', () => stored().length === 1);
     await settled(r, 1);
-    expect(r.records[0]).toMatchObject({ calling: 'PACS', called: 'CT01', result: 'released', accepted: [{ name: 'ct-image-storage' }], commands: { 'C-STORE-RQ': 1 }, responses: { 'C-STORE-RSP': 1 } });
+    expect(associations(r)[0]).toMatchObject({ calling: 'PACS', called: 'CT01', result: 'released', accepted: [{ name: 'ct-image-storage' }], commands: { 'C-STORE-RQ': 1 }, responses: { 'C-STORE-RSP': 1 } });
     expect(r.alerts.map((a) => a.kind)).toEqual(['dicom.refused']);
   });
 
@@ -116,7 +154,7 @@ describe.skipIf(dcmtkSkipReason !== undefined)('the DICOM filter between DCMTK p
     expect(deviceLog(before)).toMatch(/Association Acknowledged/);
     expect(deviceLog(before)).not.toMatch(/Received Echo Request/);
     expect(r.alerts).toMatchObject([{ kind: 'dicom.aborted', data: { command: 'C-ECHO-RQ' } }]);
-    expect(r.records[0]).toMatchObject({ result: 'aborted', by: 'proxy' });
+    expect(associations(r)[0]).toMatchObject({ result: 'aborted', by: 'proxy' });
     // With C-ECHO allowed, the same echo passes.
     const open = await relay([CT_ONLY]);
     const ok = await echoscu(open, '-aet', 'PACS', '-aec', 'CT01');
@@ -131,53 +169,55 @@ describe.skipIf(dcmtkSkipReason !== undefined)('the DICOM filter between DCMTK p
     await waitFor('the file in storescp\'s directory', () => stored().length === 1);
     await settled(r, 1);
     expect(r.alerts).toMatchObject([{ kind: 'dicom.rejected', data: { reason: 3, wouldDeny: true } }]);
-    expect(r.records[0]).toMatchObject({ mode: 'monitor', result: 'released', wouldDeny: true });
+    expect(associations(r)[0]).toMatchObject({ mode: 'monitor', result: 'released', wouldDeny: true });
   });
 });
 
 describe.skipIf(dcmtkSkipReason !== undefined)('throughput of the DICOM filter', () => {
   const peers = new Peers();
-  const relays: Relay[] = [];
+  let relay: Relay | undefined;
   let dir = '';
   afterAll(async () => {
-    await Promise.all(relays.map((r) => r.close()));
+    await relay?.close();
     await peers.stopAll();
     if (dir !== '') rmSync(dir, { recursive: true, force: true });
   });
 
-  // The target from the issue: 1,000 small objects over one association through the filter at
-  // 0.8x or better of storescu straight to storescp. storescp drops what it gets (--ignore), so
-  // that disk writes do not hide the filter's cost; rounds alternate, medians are compared, and
-  // a busy machine gets three tries.
+  // The issue's target: 1,000 small objects over one association through the proxy at 0.8x or
+  // better of storescu straight to storescp. storescp drops what it gets (--ignore), so that disk
+  // writes do not hide the proxy's cost, and both ends run without Nagle (NO_NAGLE). storescu
+  // waits for each C-STORE-RSP, so the time is 1,000 round trips: the proxy adds two hops to
+  // each. The machine is shared, so the runs alternate and the fastest of each are compared
+  // (what each path costs when nothing else is in the way), with a second try when busy.
   it('stores 1,000 small objects over one association at 0.8x or better of direct', async () => {
     dir = mkdtempSync(join(tmpdir(), 'wg-dicom-perf-'));
     const files = copies(makeObject(dir, 'ct', SOP.ct, 'CT'), dir, 1000);
     const scp = await startStorescp(peers, await freePort(), 'CT01', { ignore: true, env: NO_NAGLE });
-    const r = await startRelay({ target: scp.port, rules: [CT_ONLY] });
-    relays.push(r);
+    const r = await startRelay(scp.port, [CT_ONLY]);
+    relay = r;
     const store = async (port: number): Promise<number> => {
       const result = await run('storescu', ['-R', '-aet', 'PACS', '-aec', 'CT01', '127.0.0.1', String(port), ...files], 60000, NO_NAGLE);
       expect(result.code, result.output).toBe(0);
       return result.ms;
     };
-    const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[xs.length >> 1]!;
     let best = 0;
+    let runs = 0;
     const lines: string[] = [];
-    for (let attempt = 0; attempt < 3 && best < 0.8; attempt++) {
+    for (let attempt = 0; attempt < 2 && best < 0.8; attempt++) {
       const direct: number[] = [];
       const proxied: number[] = [];
-      for (let round = 0; round < 5; round++) {
+      for (let round = 0; round < 7; round++) {
         direct.push(await store(scp.port));
         proxied.push(await store(r.port));
+        runs++;
       }
-      const ratio = median(direct) / median(proxied);
+      const ratio = Math.min(...direct) / Math.min(...proxied);
       best = Math.max(best, ratio);
-      lines.push(`direct ${median(direct).toFixed(0)} ms, through the filter ${median(proxied).toFixed(0)} ms: ${ratio.toFixed(2)}x`);
+      lines.push(`direct ${Math.min(...direct).toFixed(0)} ms, through the proxy ${Math.min(...proxied).toFixed(0)} ms: ${ratio.toFixed(2)}x`);
     }
-    console.log(`[dicom throughput] 1,000 C-STOREs: ${lines.join('; ')}`);
-    await waitFor('the association records', () => r.records.length >= 5, 5000);
-    expect(r.records.every((x) => (x.commands as Record<string, number>)['C-STORE-RQ'] === 1000)).toBe(true);
+    console.log(`[dicom throughput] 1,000 C-STOREs, fastest of 7: ${lines.join('; ')}`);
+    await waitFor('the association records', () => associations(r).length >= runs, 5000);
+    expect(associations(r).every((x) => (x.commands as Record<string, number>)['C-STORE-RQ'] === 1000 && x.result === 'released')).toBe(true);
     expect(best).toBeGreaterThanOrEqual(0.8);
-    expect(existsSync(dir)).toBe(true);
-  }, 240_000);
+  }, 300_000);
 });
