@@ -388,7 +388,7 @@ class DicomSession implements ProtocolSession {
       ...(command.moveDestination !== undefined ? { moveDestination: command.moveDestination } : {}),
     };
     const denial = `${name} denied: ${why}`;
-    this.alert('dicom.aborted', `${name}/${context?.abstractSyntax ?? contextId}`, `${denial}; association aborted (A-ABORT source 2, reason 0)`, data, 'aborted');
+    this.alert('dicom.aborted', `${name}/${context?.abstractSyntax ?? contextId}`, this.ctx.enforce ? `${denial}; association aborted (A-ABORT source 2, reason 0)` : denial, data, 'aborted');
     if (!this.ctx.enforce) {
       this.noteWouldDeny(denial);
       return true;
@@ -509,7 +509,7 @@ class DicomSession implements ProtocolSession {
       severity,
       kind,
       dedupKey: `${kind}/${ctx.device}/${ctx.peer.address}/${this.calling ?? ''}/${this.called ?? ''}/${key}`,
-      message: `${ctx.device}: DICOM from ${peerName(ctx)} (${this.calling ?? '?'} -> ${this.called ?? '?'}): ${text}${wouldDeny ? ' (monitor mode: forwarded)' : ''}`,
+      message: `${ctx.device}: DICOM from ${peerName(ctx)} (${this.calling ?? '?'} -> ${this.called ?? '?'}): ${wouldDeny ? 'monitor mode, forwarded: ' : ''}${text}`,
       data: { ...who, ...data, wouldDeny },
     });
     ctx.record({ kind, ...who, detail: text, ...data, action: wouldDeny ? 'forwarded' : action, wouldDeny });

@@ -463,7 +463,7 @@ describe('monitor mode: alerted and recorded, forwarded unchanged', () => {
     transparent(run, [p(rq({ calling: 'STRANGER' })), d(ac([{ id: 1, result: 0 }])), p(storeRq(1, UID.ct)), p(dataSet(1, 20)), d(response(1, 0x8001))]);
     expect(run.rec.alerts.map((a) => a.kind)).toEqual(['dicom.rejected']);
     expect(run.rec.alerts[0]).toMatchObject({ data: { reason: 3, wouldDeny: true } });
-    expect(run.rec.alerts[0]!.message).toMatch(/monitor mode: forwarded/);
+    expect(run.rec.alerts[0]!.message).toMatch(/monitor mode, forwarded: association rejected/);
     expect(run.rec.records).toMatchObject([{ kind: 'dicom.rejected', reason: 3, calling: 'STRANGER', action: 'forwarded', wouldDeny: true }]);
     run.session.end('closed');
     expect(summary(run)).toMatchObject({ mode: 'monitor', result: 'accepted', wouldDeny: true, wouldDenials: 1 });
