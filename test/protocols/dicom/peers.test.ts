@@ -69,11 +69,7 @@ describe.skipIf(dcmtkSkipReason !== undefined)('the DICOM filter between DCMTK p
   };
   const storescu = (r: Relay, file: string, ...args: string[]) => run('storescu', [...args, '127.0.0.1', String(r.port), file]);
   const echoscu = (r: Relay, ...args: string[]) => run('echoscu', [...args, '127.0.0.1', String(r.port)]);
-  /**
-   * storescp's log (-v) since `from`: what the device saw. The relay connects to it for every
-   * peer, so "Association Received" (logged at the TCP accept) is there even for a rejected
-   * peer; an RQ that reached it would be acknowledged or refused in the log.
-   */
+  /** storescp's log (-v) since `from`: what the device saw ("Association Received" at each TCP accept). */
   const deviceLog = (from: number) => scp.output().slice(from);
   const stored = () => readdirSync(scp.dir).filter((f) => f.includes(INSTANCE));
   /** `n` relayed connections have ended and written their association records. */
@@ -113,7 +109,8 @@ describe.skipIf(dcmtkSkipReason !== undefined)('the DICOM filter between DCMTK p
     expect(result.output).toMatch(/Rejected Permanent, Source: Service User/);
     expect(result.output).toMatch(/Calling AE Title Not Recognized/);
     await settled(r, 1);
-    expect(deviceLog(before)).not.toMatch(/Acknowledged|Refused|Request/);
+    // The relay opens the device's connection only for bytes that pass: storescp saw nothing.
+    expect(deviceLog(before)).not.toMatch(/Association Received/);
     expect(stored()).toEqual([]);
     expect(r.alerts).toMatchObject([{ kind: 'dicom.rejected', data: { reason: 3, calling: 'STRANGER' } }]);
   });
@@ -125,7 +122,7 @@ describe.skipIf(dcmtkSkipReason !== undefined)('the DICOM filter between DCMTK p
     expect(result.code).not.toBe(0);
     expect(result.output).toMatch(/Called AE Title Not Recognized/);
     await settled(r, 1);
-    expect(deviceLog(before)).not.toMatch(/Acknowledged|Refused|Request/);
+    expect(deviceLog(before)).not.toMatch(/Association Received/);
     expect(r.alerts).toMatchObject([{ kind: 'dicom.rejected', data: { reason: 7, called: 'MR01' } }]);
   });
 
@@ -150,7 +147,7 @@ describe.skipIf(dcmtkSkipReason !== undefined)('the DICOM filter between DCMTK p
     // echoscu 3.6.7 exits 0 after an abort; what it prints says what happened.
     expect(result.output).toMatch(/Peer aborted Association/);
     await settled(r, 1);
-    await waitFor('storescp to see the abort', () => /Association Aborted|Abort/i.test(deviceLog(before)), 3000).catch(() => undefined);
+    await waitFor('storescp to see the abort', () => /Association Aborted/.test(deviceLog(before)), 3000);
     expect(deviceLog(before)).toMatch(/Association Acknowledged/);
     expect(deviceLog(before)).not.toMatch(/Received Echo Request/);
     expect(r.alerts).toMatchObject([{ kind: 'dicom.aborted', data: { command: 'C-ECHO-RQ' } }]);
