@@ -5,8 +5,9 @@
 // of it reaches the device. It follows the association's states (PS3.8 9.2, table 9-10) closely
 // enough that a PDU out of turn is an error, not something the device has to make sense of.
 //
-// Pure: bytes in, decisions out (types.ts). Data sets are forwarded as the views of the input
-// they arrived in, PDU by PDU; only command sets are copied.
+// Pure: bytes in, decisions out (types.ts). PDUs are forwarded as views of the input chunks
+// they arrived in (a large data set is never copied); what is copied is small: command sets,
+// chunks under 1 KiB (pdu.ts), and an AC the filter rewrites. Input chunks are never written to.
 import type { DicomRules } from '../schema.js';
 import { nothing, type ProtocolAlert, type ProtocolSession, type SessionContext, type SessionOutput } from '../types.js';
 import {
