@@ -74,7 +74,8 @@ export function plainAddress(a: string | undefined): string {
 export class ProxyRelay {
   private readonly servers = new Map<string, Server>();
   private readonly perPeer = new Map<string, number>();
-  private readonly sockets = new Set<Socket>();
+  /** Every open socket, with the target it belongs to. */
+  private readonly sockets = new Map<Socket, string>();
   readonly stats: RelayStats = { connections: 0, accepted: 0, refused: 0, closedByFilter: 0, sessionErrors: 0 };
 
   constructor(private readonly deps: RelayDeps) {}
@@ -132,7 +133,11 @@ export class ProxyRelay {
     const server = this.servers.get(key);
     if (!server) return;
     this.servers.delete(key);
-    await new Promise<void>((resolve) => server.close(() => resolve()));
+    // server.close() waits for every connection to end: a peer that holds its connection open
+    // would keep the old rules in force until its idle timeout.
+    const closed = new Promise<void>((resolve) => server.close(() => resolve()));
+    for (const [socket, k] of this.sockets) if (k === key) socket.destroy();
+    await closed;
   }
 
   listening(): string[] {
@@ -142,7 +147,7 @@ export class ProxyRelay {
   async close(): Promise<void> {
     const all = [...this.servers.keys()];
     const closing = all.map((k) => this.unlisten(k));
-    for (const s of this.sockets) s.destroy();
+    for (const s of this.sockets.keys()) s.destroy();
     await Promise.all(closing);
   }
 
@@ -191,7 +196,7 @@ export class ProxyRelay {
     // Sessions hand over whole frames, so there is nothing for Nagle to gather.
     peerSocket.setNoDelay(true);
     if (target.link) return this.relayLink(target, target.link.open(ctx), peerSocket, s, peer);
-    this.sockets.add(peerSocket);
+    this.sockets.set(peerSocket, target.key);
     // The device's connection is opened when the session first has bytes for it, not at accept:
     // a connection that carries only what the filter answers itself (malformed or denied
     // requests, garbage, nothing at all) never takes one of the device's few connection slots
@@ -281,7 +286,7 @@ export class ProxyRelay {
       const d = connect({ host: deviceAddress, port: target.devicePort, allowHalfOpen: true, timeout: this.deps.config.connectTimeoutMs });
       d.setNoDelay(true);
       deviceSocket = d;
-      this.sockets.add(d);
+      this.sockets.set(d, target.key);
       peerSocket.pause();
       d.on('data', (c: Buffer) => feed(d, c));
       d.once('connect', () => {
@@ -346,7 +351,7 @@ export class ProxyRelay {
    * answer or the gateway's exception), so a peer that half-closes is ended once it is idle.
    */
   private relayLink(target: RelayTarget, link: DeviceLink, peerSocket: Socket, s: ProtocolSession, peer: Endpoint): void {
-    this.sockets.add(peerSocket);
+    this.sockets.set(peerSocket, target.key);
     let ended = false;
     let peerEnded = false;
     const finish = (why: string, graceful: boolean) => {

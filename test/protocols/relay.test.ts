@@ -131,6 +131,19 @@ describe('ProxyRelay', () => {
     expect(s.records.find((r) => r.kind === 'modbus.session')).toMatchObject({ requests: 3, forwarded: 0, denied: 2, malformed: 1 });
   });
 
+  it('unlisten ends the target\'s open connections at once (new rules must not wait for idle peers)', async () => {
+    const s = await setup();
+    const c = client(s.port);
+    await c.opened();
+    c.socket.write(readHolding(1, 1, 0, 1));
+    await waitFor('the answer', () => c.frames().length === 1);
+    const t0 = Date.now();
+    await s.relay.unlisten('plc-01:502');
+    expect(Date.now() - t0).toBeLessThan(1000);
+    await waitFor('the client to be closed', () => c.closed);
+    expect(s.relay.listening()).toEqual([]);
+  });
+
   it('an idle connection holds no connection to the device', async () => {
     const s = await setup();
     const c = client(s.port);
