@@ -5,7 +5,7 @@
 import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { canRoot, GROUPS, GW4, Lab, ROOT, skipReason, sleep, stopAgent, until, v4, warnSkip, type Agent } from '../integration/site.js';
+import { canRoot, GROUPS, GW4, Lab, processGone, ROOT, skipReason, sleep, stopAgent, until, v4, warnSkip, type Agent } from '../integration/site.js';
 
 warnSkip('protocols netns', skipReason);
 
@@ -177,4 +177,23 @@ describe.skipIf(!canRoot)('Modbus proxy in a namespace site', () => {
     expect(stranger.code).not.toBe(0);
     expect(stranger.out).not.toMatch(/refused/i);
   });
+
+  it('a killed agent: its proxy process goes with it, and the fail-open port is reached once the alive element expires', async () => {
+    await stopAgent(agent);
+    const a = lab.startAgent();
+    agent = a;
+    await until('the proxy filters again', async () => (await mbpoll(lab, 'pacs', ['-a', '1', '-r', '7', v4('monitor'), '32'])).out.includes('Illegal function'), 30000, 500);
+    await until('the alive element', async () => JSON.stringify((await lab.nftJson()).nftables.find((o) => o.set?.name === 'proxy_alive_v4')?.set?.elem ?? []).includes('10.20.0.41'), 10000, 250);
+    const worker = Number((await lab.site.exec('gw', ['pgrep', '-P', String(a.child.pid), '-f', 'protocols/worker.js'])).stdout.trim().split('\n')[0]);
+    expect(worker).toBeGreaterThan(0);
+    a.child.kill('SIGKILL');
+    await a.exited;
+    agent = undefined;
+    const t0 = Date.now();
+    await until('the fail-open device past the dead proxy', async () => (await mbpoll(lab, 'pacs', ['-a', '1', '-r', '7', v4('monitor'), '32'])).code === 0, 20000, 500);
+    const waited = Date.now() - t0;
+    expect(waited).toBeLessThan(12000);
+    // The proxy process did not outlive its agent.
+    await until('the proxy process to exit', () => processGone(worker), 5000);
+  }, 60000);
 });
