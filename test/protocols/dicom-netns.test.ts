@@ -7,7 +7,7 @@ import { cpSync, mkdirSync, mkdtempSync, readdirSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { canRoot, GROUPS, Lab, skipReason, stopAgent, until, v4, warnSkip, type Agent } from '../integration/site.js';
+import { GROUPS, Lab, skipReason, stopAgent, until, v4, warnSkip, type Agent } from '../integration/site.js';
 import { makePki, type Pki } from '../mqtt/brokers.js';
 import { copies, dcmtkSkipReason, makeObject, SOP } from './dicom/dcmtk.js';
 
