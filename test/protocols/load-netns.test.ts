@@ -68,7 +68,6 @@ protocols:
   maxConnectionsPerPeer: ${MAX_CONNECTIONS_PER_PEER}
 `;
 
-const DEVICE = join(ROOT, 'hardware', 'sim', 'modbus_device.py');
 const LOOP = join(ROOT, 'hardware', 'load', 'modbus-loop.mjs');
 const STORM = join(ROOT, 'hardware', 'load', 'modbus-storm.mjs');
 const FLOODER = join(ROOT, 'hardware', 'load', 'syn-flood.py');
@@ -130,10 +129,6 @@ async function tool<T>(lab: Lab, host: string, argv: string[], timeoutMs: number
   return JSON.parse(line) as T;
 }
 
-async function mbpoll(lab: Lab, host: string, args: string[]): Promise<{ code: number; out: string }> {
-  const r = await lab.site.exec(host, ['mbpoll', '-m', 'tcp', '-1', '-0', '-o', '1', ...args], { timeoutMs: 15000 });
-  return { code: r.code, out: r.stdout + r.stderr };
-}
 
 /** A line of /proc/<pid>/status in bytes (VmRSS, VmHWM: the peak). */
 function procKb(pid: number, field: 'VmRSS' | 'VmHWM'): number {
@@ -218,23 +213,7 @@ describe.skipIf(!canRoot)('Modbus proxy under load and attack', () => {
   beforeAll(async () => {
     lab = await Lab.create({ mode: 'router', hosts: ['pacs', 'biomed', 'stranger', 'mgmt', 'pump'], policies: { '00-groups.yaml': GROUPS, 'plc.yaml': PLC } });
     appendFileSync(lab.gateway, GATEWAY_EXTRA);
-    const device = lab.site.spawn('pump', ['/usr/bin/python3', DEVICE, v4('pump'), '502']);
-    await new Promise<void>((resolve, reject) => {
-      let out = '';
-      const timer = setTimeout(() => reject(new Error(`the Modbus device did not start: ${out}`)), 10000);
-      device.stdout?.on('data', (d: Buffer) => {
-        out += d.toString();
-        if (out.includes('listening')) {
-          clearTimeout(timer);
-          resolve();
-        }
-      });
-      device.stderr?.on('data', (d: Buffer) => (out += d.toString()));
-      device.on('exit', (code) => {
-        clearTimeout(timer);
-        reject(new Error(`the Modbus device exited ${code}: ${out}`));
-      });
-    });
+    await lab.modbusDevice('pump');
     // A flooder ignores what comes back: without this its own kernel would reset every SYN-ACK
     // and empty the gateway's SYN queue for it.
     const dropSynAck = 'table inet flooder {\n chain input {\n  type filter hook input priority filter; policy accept;\n  tcp flags & (syn | ack) == syn | ack drop\n }\n}\n';
@@ -248,7 +227,7 @@ describe.skipIf(!canRoot)('Modbus proxy under load and attack', () => {
     const a = agent;
     await until('the proxy answers through the gateway', async () => {
       if (a.child.exitCode !== null) throw new Error(`agent exited: ${a.output()}`);
-      const r = await mbpoll(lab, 'biomed', ['-a', '1', '-r', '0', '-c', '1', v4('pump')]);
+      const r = await lab.mbpoll('biomed', ['-a', '1', '-r', '0', '-c', '1', v4('pump')]);
       return r.code === 0;
     }, 30000, 500);
     pid = await until('the proxy process', () => workerPid(a), 5000);
@@ -347,12 +326,12 @@ describe.skipIf(!canRoot)('Modbus proxy under load and attack', () => {
   });
 
   it('the proxy still enforces: an allowed read passes, a write outside the range gets exception 02', async () => {
-    const ok = await mbpoll(lab, 'biomed', ['-a', '1', '-r', '0', '-c', '4', v4('pump')]);
+    const ok = await lab.mbpoll('biomed', ['-a', '1', '-r', '0', '-c', '4', v4('pump')]);
     expect(ok.code, ok.out).toBe(0);
-    const denied = await mbpoll(lab, 'biomed', ['-a', '1', '-r', '150', v4('pump'), '4242']);
+    const denied = await lab.mbpoll('biomed', ['-a', '1', '-r', '150', v4('pump'), '4242']);
     expect(denied.code).not.toBe(0);
     expect(denied.out).toMatch(/Illegal data address/i);
-    const direct = await mbpoll(lab, 'gw', ['-a', '1', '-r', '150', '-c', '1', v4('pump')]);
+    const direct = await lab.mbpoll('gw', ['-a', '1', '-r', '150', '-c', '1', v4('pump')]);
     expect(direct.out).toMatch(/^\[150\]:\s+150$/m);
   });
 
