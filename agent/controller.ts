@@ -358,7 +358,7 @@ export class Controller {
           stop: () => {},
         });
         const link = new MqttLink({
-          config: mqttConfig,
+          config: relativeToGatewayFile(mqttConfig, dirname(g.path)),
           site: g.config.site,
           gateway: g.config.gateway,
           bootId: this.bootId,
@@ -514,4 +514,13 @@ export class Controller {
     }
     this.log.info({}, 'agent stopped');
   }
+}
+
+/** The MQTT link's files (password, TLS), relative to the gateway file as every other path in it. */
+export function relativeToGatewayFile(c: NonNullable<GatewayConfig['mqtt']>, base: string): NonNullable<GatewayConfig['mqtt']> {
+  return {
+    ...c,
+    ...(c.passwordFile !== undefined ? { passwordFile: resolve(base, c.passwordFile) } : {}),
+    ...(c.tls ? { tls: { ...c.tls, ca: resolve(base, c.tls.ca), cert: resolve(base, c.tls.cert), key: resolve(base, c.tls.key) } } : {}),
+  };
 }

@@ -6,7 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-packages=(nftables conntrack tcpdump iproute2 iputils-ping procps kmod iperf3 openssl mosquitto mosquitto-clients dcmtk python3-pymodbus python3-serial python3-serial-asyncio mbpoll socat systemd ieee-data graphviz rsyslog rsyslog-gnutls tftpd-hpa chromium)
+packages=(nftables conntrack tcpdump iproute2 iputils-ping procps kmod iperf3 openssl mosquitto mosquitto-clients dcmtk python3-pymodbus python3-serial python3-serial-asyncio mbpoll socat systemd ieee-data graphviz rsyslog rsyslog-gnutls tftpd-hpa chromium ansible-core)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")

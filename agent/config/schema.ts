@@ -54,10 +54,10 @@ export const MqttSchema = z
     protocolVersion: z.union([z.literal(5), z.literal(4)]).default(5).describe('5 (MQTT 5); 4 (3.1.1) for older brokers. 5 falls back to 4 by itself when the broker refuses it'),
     clientId: z.string().min(1).max(64).optional().describe('Defaults to wardgate-<site>-<gateway>; a wardgate broker accepts a gateway only with an id ending in -<gateway>'),
     username: z.string().optional(),
-    passwordFile: z.string().optional().describe('A file holding the password (never the password itself)'),
+    passwordFile: z.string().optional().describe('A file holding the password (never the password itself); relative to the gateway file'),
     tls: z
       .object({
-        ca: z.string().describe('CA certificate (PEM) that signed the broker\'s certificate'),
+        ca: z.string().describe('CA certificate (PEM) that signed the broker\'s certificate; paths are relative to the gateway file'),
         cert: z.string().describe('This gateway\'s client certificate (PEM)'),
         key: z.string().describe('Its private key (PEM), mode 0600'),
         servername: z.string().optional(),

@@ -12,6 +12,18 @@ import { readIfExists, removeIfExists, withLock, writeFileAtomic } from '../util
 
 export const sha256 = (text: string) => createHash('sha256').update(text).digest('hex');
 
+/**
+ * A listing of our table without what the running agent changes by design: the elements of the
+ * proxies' alive sets (filled every 2 s while the proxies run, emptied when they stop). Those
+ * are state, not policy; counting them would make the kernel look drifted and have the keeper
+ * load the committed ruleset again, which empties them.
+ */
+export function stableListing(listing: string): string {
+  return listing.replace(/(\n(\s*)set proxy_alive_v[46] \{\n[^}]*?)\n\s*elements = \{[^}]*\}(?=\n\2\})/g, '$1');
+}
+
+const listingSha256 = (listing: string | undefined) => sha256(stableListing(listing ?? ''));
+
 export interface CommittedInfo {
   sha256: string;
   policyHash: string;
@@ -187,7 +199,7 @@ export class PolicyManager {
         if (err instanceof NftError) throw explainNftError(err, compiled);
         throw err;
       }
-      info.listingSha256 = sha256((await this.backend.listTable()) ?? '');
+      info.listingSha256 = listingSha256(await this.backend.listTable());
       writeFileAtomic(this.path('pending.json'), JSON.stringify(info, null, 2));
       this.record({ event: 'apply', id: info.id, sha256: info.sha256, policyHash, deadline: new Date(info.deadline).toISOString() });
       return info;
@@ -316,8 +328,8 @@ export class PolicyManager {
       const failsafe = readIfExists(this.path('failsafe.nft'));
       if (failsafe === undefined || failsafe === '') return { source: 'none' as const, reason };
       await this.backend.load(failsafe);
-      const listingSha256 = sha256((await this.backend.listTable()) ?? '');
-      writeFileAtomic(this.path('failsafe-loaded.json'), JSON.stringify({ listingSha256, reason, at: new Date(this.now()).toISOString() }, null, 2));
+      const loaded = listingSha256(await this.backend.listTable());
+      writeFileAtomic(this.path('failsafe-loaded.json'), JSON.stringify({ listingSha256: loaded, reason, at: new Date(this.now()).toISOString() }, null, 2));
       this.record({ event: 'restore', source: 'failsafe', sha256: sha256(failsafe), reason });
       return { source: 'failsafe' as const, reason };
     });
@@ -331,7 +343,7 @@ export class PolicyManager {
     const failsafeSha = failsafe === undefined ? undefined : (JSON.parse(failsafe) as { listingSha256: string }).listingSha256;
     let kernel: PolicyStatus['kernel'] = 'absent';
     if (listing !== undefined) {
-      const h = sha256(listing);
+      const h = listingSha256(listing);
       if (pending && h === pending.listingSha256) kernel = 'pending';
       else if (committed && h === committed.listingSha256) kernel = 'committed';
       else if (h === failsafeSha) kernel = 'failsafe';

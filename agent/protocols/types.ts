@@ -9,7 +9,11 @@ export interface Endpoint {
   port: number;
 }
 
-/** What one call into a session decided. Buffers are sent in order; none is shared with input. */
+/**
+ * What one call into a session decided. Buffers are sent in order. They may be views of the
+ * input chunk (a PDU forwarded as it came): the relay never reuses a buffer it was given, and
+ * sessions never write into input.
+ */
 export interface SessionOutput {
   /** Bytes for the device: the peer's requests that passed, whole frames only. */
   toDevice: Buffer[];

@@ -11,9 +11,13 @@ import type { ProxyTarget } from '../policy/model.js';
 import { createDicomSession } from './dicom/session.js';
 import { RtuBus, type RtuStatus } from './modbus/rtu.js';
 import { createModbusSession } from './modbus/session.js';
+import { RecordLimiter } from './records.js';
 import { ProxyRelay, type RelayTarget } from './relay.js';
-import type { ModbusRules, ProtocolsConfig } from './schema.js';
+import type { DicomRules, ModbusRules, ProtocolsConfig } from './schema.js';
 import type { ProtocolAlert, ProtocolRecord, ProtocolSession, SessionContext } from './types.js';
+
+/** Denial and malformed-frame records kept per device, peer and kind a minute (records.ts). */
+const RECORDS_PER_MINUTE = 600;
 
 export interface WorkerTarget extends ProxyTarget {
   listenPort: number;
@@ -39,13 +43,15 @@ export function sessionFor(t: WorkerTarget, config: ProtocolsConfig, ctx: Sessio
   // request is a would-be denial, alerted and forwarded.
   if (rules.length === 0 && (t.enforce || t.rtu === undefined)) return undefined;
   if (t.app === 'modbus') return createModbusSession({ rules: rules as (ModbusRules | 'all')[], ctx, maxPendingRequests: config.modbus.maxPendingRequests });
-  return createDicomSession({ rules: rules, ctx, maxPduBytes: config.dicom.maxPduBytes });
+  return createDicomSession({ rules: rules as (DicomRules | 'all')[], ctx, maxPduBytes: config.dicom.maxPduBytes });
 }
 
 function main(): void {
   const send = (m: FromWorker) => {
     if (process.connected) process.send?.(m);
   };
+  const records = new RecordLimiter(RECORDS_PER_MINUTE, (record) => send({ type: 'record', record }));
+  setInterval(() => records.tick(), 5000).unref();
   const log = {
     info: (o: object, m?: string) => console.log(JSON.stringify({ level: 'info', proxy: true, msg: m, ...o })),
     warn: (o: object, m?: string) => console.error(JSON.stringify({ level: 'warn', proxy: true, msg: m, ...o })),
@@ -79,7 +85,7 @@ function main(): void {
       config: m.config,
       ...(m.host !== undefined ? { host: m.host } : {}),
       alert: (alert) => send({ type: 'alert', alert }),
-      record: (record) => send({ type: 'record', record }),
+      record: (record) => records.push(record),
       log,
     });
     const r = relay;

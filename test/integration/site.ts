@@ -448,6 +448,36 @@ export class Lab {
   }
 
   /**
+   * The Modbus TCP device of the protocol tests (hardware/sim/modbus_device.py, pymodbus) on
+   * port 502 of a host; resolves once it listens.
+   */
+  async modbusDevice(host: HostName): Promise<void> {
+    const device = this.site.spawn(host, ['/usr/bin/python3', join(ROOT, 'hardware', 'sim', 'modbus_device.py'), v4(host), '502']);
+    let out = '';
+    await new Promise<void>((resolve, reject) => {
+      const timer = setTimeout(() => reject(new Error(`the Modbus device in ${host} did not start: ${out}`)), 10000);
+      device.stdout?.on('data', (d: Buffer) => {
+        out += d.toString();
+        if (out.includes('listening')) {
+          clearTimeout(timer);
+          resolve();
+        }
+      });
+      device.stderr?.on('data', (d: Buffer) => (out += d.toString()));
+      device.on('exit', (code) => {
+        clearTimeout(timer);
+        reject(new Error(`the Modbus device in ${host} exited ${code}: ${out}`));
+      });
+    });
+  }
+
+  /** One mbpoll run in a host's namespace (or "gw"): Modbus TCP, one poll, 1 s timeout, 0-based addresses. */
+  async mbpoll(host: HostName | 'gw', args: string[]): Promise<{ code: number; out: string }> {
+    const r = await this.site.exec(host, ['mbpoll', '-m', 'tcp', '-1', '-0', '-o', '1', ...args], { timeoutMs: 15000 });
+    return { code: r.code, out: r.stdout + r.stderr };
+  }
+
+  /**
    * One connection (TCP) or datagram (UDP) from a host to an address, echoed back or not.
    * "timeout" is what a dropped packet looks like; a refusal would mean a missing listener.
    */

@@ -1,9 +1,8 @@
 // The Modbus proxy in bridge mode (bump in the wire). The ruleset redirects a bridged connection
 // to the bridge's own address (br_netfilter names the bridge as the packet's interface), so the
 // bridge needs an address: without one, apply refuses rather than cut the device off.
-import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { bridgeSkipReason, GROUPS, Lab, ROOT, stopAgent, until, v4, warnSkip, type Agent } from '../integration/site.js';
+import { bridgeSkipReason, GROUPS, Lab, stopAgent, until, v4, warnSkip, type Agent } from '../integration/site.js';
 
 warnSkip('protocols bridge netns', bridgeSkipReason);
 
@@ -19,20 +18,13 @@ devices:
       - { peer: pacs, direction: inbound, proto: tcp, ports: [502], modbus: { profile: read-only } }
 `;
 
-const mbpoll = (lab: Lab, host: string, args: string[]) =>
-  lab.site.exec(host, ['mbpoll', '-m', 'tcp', '-1', '-0', '-o', '1', '-a', '1', ...args], { timeoutMs: 15000 }).then((r) => ({ code: r.code, out: r.stdout + r.stderr }));
-
 describe.skipIf(bridgeSkipReason !== undefined)('Modbus proxy in bridge mode', () => {
   let lab: Lab;
   let agent: Agent | undefined;
 
   beforeAll(async () => {
     lab = await Lab.create({ mode: 'bridge', hosts: ['pacs', 'pump'], policies: { '00-groups.yaml': GROUPS, 'plc.yaml': PLC } });
-    const device = lab.site.spawn('pump', ['/usr/bin/python3', join(ROOT, 'hardware', 'sim', 'modbus_device.py'), v4('pump'), '502']);
-    await new Promise<void>((resolve, reject) => {
-      device.stdout?.on('data', () => resolve());
-      device.on('exit', (code) => reject(new Error(`the Modbus device exited ${code}`)));
-    });
+    await lab.modbusDevice('pump');
   }, 60000);
 
   afterAll(async () => {
@@ -57,11 +49,11 @@ describe.skipIf(bridgeSkipReason !== undefined)('Modbus proxy in bridge mode', (
     const a = agent;
     await until('a read through the bridge', async () => {
       if (a.child.exitCode !== null) throw new Error(`agent exited: ${a.output()}`);
-      return (await mbpoll(lab, 'pacs', ['-r', '3', '-c', '2', v4('pump')])).code === 0;
+      return (await lab.mbpoll('pacs', ['-a', '1', '-r', '3', '-c', '2', v4('pump')])).code === 0;
     }, 30000, 500);
-    const denied = await mbpoll(lab, 'pacs', ['-r', '3', v4('pump'), '77']);
+    const denied = await lab.mbpoll('pacs', ['-a', '1', '-r', '3', v4('pump'), '77']);
     expect(denied.out).toMatch(/Illegal function/i);
-    const direct = await mbpoll(lab, 'gw', ['-r', '3', '-c', '1', v4('pump')]);
+    const direct = await lab.mbpoll('gw', ['-a', '1', '-r', '3', '-c', '1', v4('pump')]);
     expect(direct.out).toMatch(/\[3\]:\s+3\b/);
     // The redirect is what carried it: its counter moved.
     const j = await lab.nftJson();
