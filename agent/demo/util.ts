@@ -45,15 +45,18 @@ export function capture(): Io & { text(): string } {
 }
 
 /**
- * Ctrl-C (SIGINT), SIGTERM or q: the demo winds down through its own clean-up. A second Ctrl-C
- * exits at once; the children (Node-RED, the proxy process) end with this process through
- * their IPC channel.
+ * Ctrl-C (SIGINT), SIGTERM or q: the demo winds down through its own clean-up, which removes the
+ * namespace site too. A third Ctrl-C exits at once: Node-RED and the proxy process end with this
+ * process through their IPC channel; a namespace site may stay (ip netns list: wgdemo<pid>-*).
  */
 export class StopRequest {
   requested = false;
+  private signals = 0;
   private waiters: (() => void)[] = [];
   private readonly onSignal = (): void => {
-    if (this.requested) process.exit(130);
+    this.signals++;
+    if (this.signals === 2) process.stderr.write('wardgate demo: stopping; Ctrl-C once more quits at once and may leave the namespace site\n');
+    if (this.signals >= 3) process.exit(130);
     this.request();
   };
 
