@@ -36,6 +36,7 @@ import { PolicyKeeper, type KeeperEvent } from './policy/keeper.js';
 import { buildModel, type Model, type ResolvedDevice } from './policy/model.js';
 import { runProbe } from './health/probes.js';
 import type { Module } from './module.js';
+import { policyLearnHandler } from './traffic/learn-command.js';
 import { trafficModule } from './traffic/module.js';
 import { ProtocolsModule } from './protocols/module.js';
 import { VERSION } from './version.js';
@@ -220,6 +221,7 @@ export class Controller {
         return { change: pending.id, deadline: new Date(pending.deadline).toISOString(), policyHash: l.model.hash, notes };
       },
       'policy.confirm': async () => this.policy.confirm(),
+      'policy.learn': policyLearnHandler(this.opts),
       ...backupPullHandlers({ store: () => this.backupStore(), stateDir: this.stateDir, gateway: `${this.config.site}/${this.config.gateway}`, config: this.config.backup }),
       // A backup run now, through the agent's own backup service (docs/backups.md).
       'backup.now': async (args) => {

@@ -7,6 +7,7 @@ import { CommandClient, connectConsole, ConsoleError, type ConnectOptions } from
 import { ConsoleKeyError, generateConsoleKey, loadConsoleKey } from '../console/keys.js';
 import { SiteView } from '../console/watch.js';
 import { Topics } from '../mqtt/topics.js';
+import { REFUSAL_CODES } from '../mqtt/commands.js';
 import { UsageError } from './context.js';
 import type { Io } from './io.js';
 
@@ -179,7 +180,7 @@ async function cmd(positionals: string[], opts: ConsoleOptions, io: Io): Promise
     return 0;
   }
   const code = response.error?.code ?? 'E_UNKNOWN';
-  const verdict = code === 'E_HANDLER_FAILED' ? 'failed' : 'refused';
+  const verdict = (REFUSAL_CODES as readonly string[]).includes(code) || code === 'E_UNKNOWN' ? 'refused' : 'failed';
   io.err(`${verdict}: ${name} on ${site}/${gateway}: ${code}: ${response.error?.message ?? ''}`);
   return 1;
 }

@@ -28,9 +28,11 @@ function load(opts: GlobalOptions): { loaded: LoadedConfig; model: Model; flowDi
   return { loaded, model, flowDir: join(stateDir, FLOW_LOG_DIR) };
 }
 
+const unknownDevice = (model: Model, id: string) => `unknown device "${id}" (devices: ${model.devices.map((x) => x.id).join(', ') || 'none'})`;
+
 function deviceOf(model: Model, id: string): ResolvedDevice {
   const d = model.devices.find((x) => x.id === id);
-  if (!d) throw new UsageError(`unknown device "${id}" (devices: ${model.devices.map((x) => x.id).join(', ') || 'none'})`);
+  if (!d) throw new UsageError(unknownDevice(model, id));
   return d;
 }
 
@@ -49,29 +51,64 @@ function describeEntry(e: ResolvedEntry): string {
   return `${e.id} ${e.src.file}:${e.src.line}:${e.src.col} ${e.direction} ${e.proto} ${e.peer}${ports}`;
 }
 
-export async function learnCommand(opts: ObservedOptions, io: Io): Promise<number> {
-  if (opts.device === undefined) throw new UsageError('policy learn needs --device ID');
-  const since = opts.since !== undefined ? parseSince(opts.since) : undefined;
+/** Why no proposal came out; the codes are the `policy.learn` command's error codes too. */
+export type LearnFailureCode = 'E_UNKNOWN_DEVICE' | 'E_FLOW_LOG_UNREADABLE' | 'E_NO_FLOWS' | 'E_NOTHING_TO_PROPOSE' | 'E_PROPOSAL_INVALID';
+
+/** What learning found, with or without a proposal: the CLI and `policy.learn` both show it. */
+interface LearnReport {
+  device: string;
+  since: Date | undefined;
+  flowDir: string;
+  /** Lines of the flow log that are not well-formed records. */
+  skippedLines: number;
+  /** Observed traffic not proposed, and why, as one line each. */
+  left: string[];
+}
+
+export type LearnOutcome =
+  | (LearnReport & {
+      ok: true;
+      entries: number;
+      flows: number;
+      /** The proposal: the device's policy file with its allow list replaced. */
+      text: string;
+      /** The file it goes in place of: its full path, and as the diagnostics name it. */
+      path: string;
+      shown: string;
+    })
+  | (LearnReport & { ok: false; code: LearnFailureCode; message: string; diagnostics: string[] });
+
+/**
+ * The proposal for one device, read-only: `wardgate policy learn` prints or writes it and the
+ * agent's `policy.learn` command returns it, so both say the same for the same state.
+ */
+export async function learnProposal(opts: GlobalOptions, deviceId: string, since: Date | undefined, now = new Date()): Promise<LearnOutcome> {
   const { loaded, model, flowDir } = load(opts);
-  const device = deviceOf(model, opts.device);
-  const observed = await readingFlowLog(io, () => readObserved(flowDir, { device: device.id, ...(since ? { since } : {}) }));
-  if (observed === undefined) return 1;
-  const skipped = skippedWarning(observed.read);
-  if (skipped !== undefined) io.err(skipped);
+  const report: LearnReport = { device: deviceId, since, flowDir, skippedLines: 0, left: [] };
+  const fail = (code: LearnFailureCode, message: string, diagnostics: string[] = []): LearnOutcome => ({ ...report, ok: false, code, message, diagnostics });
+  const device = model.devices.find((x) => x.id === deviceId);
+  if (!device) return fail('E_UNKNOWN_DEVICE', unknownDevice(model, deviceId));
+  let observed: Awaited<ReturnType<typeof readObserved>>;
+  try {
+    observed = await readObserved(flowDir, { device: device.id, ...(since ? { since } : {}) });
+  } catch (err) {
+    const e = err as NodeJS.ErrnoException;
+    if (e.code !== 'EACCES' && e.code !== 'EPERM') throw err;
+    return fail('E_FLOW_LOG_UNREADABLE', `cannot read the flow log: ${e.message} (run as the wardgate user or root)`);
+  }
+  report.skippedLines = observed.read.bad;
   const seen = observed.devices.get(device.id);
   const window = since ? ` since ${since.toISOString()}` : '';
   if (!seen) {
     const where = observed.read.files.length === 0 ? `there is no flow log in ${flowDir}` : `${plural(observed.read.files.length, 'file')} in ${flowDir} hold none`;
-    io.err(`no observed flows for ${device.id}${window}: ${where}; nothing to propose (flows are recorded by "wardgate run", docs/traffic.md)`);
-    return 1;
+    return fail('E_NO_FLOWS', `no observed flows for ${device.id}${window}: ${where}; nothing to propose (flows are recorded by "wardgate run", docs/traffic.md)`);
   }
   const proposal = propose(device, seen, groupsOf(loaded));
-  for (const l of proposal.left) io.err(`not proposed (${l.why}): ${describeFlow(l.flow)}`);
+  report.left = proposal.left.map((l) => `not proposed (${l.why}): ${describeFlow(l.flow)}`);
   if (proposal.entries.length === 0) {
-    io.err(`no proposal for ${device.id}: none of its ${plural(seen.flows, 'observed flow')}${window} can be allowed (above)`);
-    return 1;
+    return fail('E_NOTHING_TO_PROPOSE', `no proposal for ${device.id}: none of its ${plural(seen.flows, 'observed flow')}${window} can be allowed (above)`);
   }
-  const { path, text } = renderProposal(loaded, proposal, { generatedAt: new Date(), ...(since ? { since } : {}), from: flowDir });
+  const { path, text } = renderProposal(loaded, proposal, { generatedAt: now, ...(since ? { since } : {}), from: flowDir });
   // The proposal must pass the same checks as any policy, in place of the device's file.
   const shown = fileOf(loaded, device.id)?.policy.source.file ?? path;
   const reparsed = loadPolicyText(shown, path, text);
@@ -81,19 +118,32 @@ export async function learnCommand(opts: ObservedOptions, io: Io): Promise<numbe
     buildModel({ ...loaded, policies: loaded.policies.map((p) => (p.path === path ? policy : p)) });
   } catch (err) {
     if (!(err instanceof ConfigError)) throw err;
-    for (const d of err.diagnostics) io.err(formatDiagnostic(d));
-    io.err('wardgate: the proposal does not pass the policy checks (a bug in learning); nothing was written');
+    return fail('E_PROPOSAL_INVALID', 'the proposal does not pass the policy checks (a bug in learning); nothing was written', err.diagnostics.map(formatDiagnostic));
+  }
+  return { ...report, ok: true, entries: proposal.entries.length, flows: proposal.flows, text, path, shown };
+}
+
+export async function learnCommand(opts: ObservedOptions, io: Io): Promise<number> {
+  if (opts.device === undefined) throw new UsageError('policy learn needs --device ID');
+  const since = opts.since !== undefined ? parseSince(opts.since) : undefined;
+  const r = await learnProposal(opts, opts.device, since);
+  if (!r.ok && r.code === 'E_UNKNOWN_DEVICE') throw new UsageError(r.message);
+  const skipped = skippedWarning({ bad: r.skippedLines });
+  if (skipped !== undefined) io.err(skipped);
+  for (const l of r.left) io.err(l);
+  if (!r.ok) {
+    for (const d of r.diagnostics) io.err(d);
+    io.err(r.code === 'E_NO_FLOWS' || r.code === 'E_NOTHING_TO_PROPOSE' ? r.message : `wardgate: ${r.message}`);
     return 1;
   }
-  const n = proposal.entries.length;
-  const summary = `${n} allow entr${n === 1 ? 'y' : 'ies'}`;
+  const summary = `${r.entries} allow entr${r.entries === 1 ? 'y' : 'ies'}`;
   if (opts.out !== undefined) {
     const out = resolve(opts.out);
-    writeFileAtomic(out, text);
-    const place = out === path ? `in place of ${shown}` : `(it goes in place of ${shown})`;
-    io.out(`wrote a proposed allow-list for ${device.id}: ${summary} from ${plural(proposal.flows, 'flow')}, to ${out} ${place}`);
+    writeFileAtomic(out, r.text);
+    const place = out === r.path ? `in place of ${r.shown}` : `(it goes in place of ${r.shown})`;
+    io.out(`wrote a proposed allow-list for ${r.device}: ${summary} from ${plural(r.flows, 'flow')}, to ${out} ${place}`);
   } else {
-    io.out(text.trimEnd());
+    io.out(r.text.trimEnd());
   }
   return 0;
 }

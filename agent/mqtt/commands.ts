@@ -25,7 +25,19 @@ export const REFUSAL_CODES = [
   'E_UNKNOWN_COMMAND',
 ] as const;
 export type RefusalCode = (typeof REFUSAL_CODES)[number];
-export type CommandErrorCode = RefusalCode | 'E_HANDLER_FAILED';
+/** A handler's own reason for failing, when it has one (`policy.learn`'s E_NO_FLOWS, say). */
+export type HandlerErrorCode = `E_${string}`;
+export type CommandErrorCode = RefusalCode | 'E_HANDLER_FAILED' | HandlerErrorCode;
+
+/** Thrown by a handler to fail with its own code; any other error fails as E_HANDLER_FAILED. */
+export class CommandFailure extends Error {
+  constructor(
+    readonly code: HandlerErrorCode,
+    message: string,
+  ) {
+    super(message);
+  }
+}
 
 export class CommandKeyError extends Error {
   readonly code = 'E_COMMAND_KEY';
@@ -447,7 +459,7 @@ export class CommandDispatcher {
         } catch (err) {
           outcome = 'failed';
           result = undefined;
-          error = { code: 'E_HANDLER_FAILED', message: err instanceof Error ? err.message : String(err) };
+          error = { code: err instanceof CommandFailure ? err.code : 'E_HANDLER_FAILED', message: err instanceof Error ? err.message : String(err) };
         }
       }
     }
