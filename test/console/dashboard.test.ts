@@ -1,12 +1,14 @@
 // The console's dashboard in headless Chromium (Debian's /usr/bin/chromium, driven by
 // playwright-core), fed by a real agent: the gateway online, an alert raised by a failing probe
-// and acknowledged, a backup pulled and verified, a killed gateway's last will and a clean stop.
+// and acknowledged, a learning proposal asked for, a backup pulled and verified, a killed
+// gateway's last will and a clean stop.
 import { spawnSync } from 'node:child_process';
-import { existsSync, renameSync } from 'node:fs';
+import { existsSync, mkdirSync, renameSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { chromium, type Browser, type Page } from 'playwright-core';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { assertBuilt, CLI, until, warnSkip } from '../integration/site.js';
+import { pumpFlow } from '../traffic/fixtures/record.js';
 import { consoleLog, DASHBOARD_LOGIN, DEVICE, GW, GW2, startConsoleSite, type ConsoleSite } from './console-site.js';
 
 const CHROMIUM = '/usr/bin/chromium';
@@ -60,6 +62,42 @@ describe.skipIf(skip !== undefined)('the console dashboard in Chromium', () => {
     // The policy panel: each gateway's policy.status, asked for when it came online.
     await see(`#wg-policy .wg-policy-row[data-gateway="${GW}"][data-kernel]`);
     expect(await page.textContent('#wg-policy')).toContain('wardgate policy learn');
+  });
+
+  it('proposes an allow-list for a device: the error in place first, then the proposal as text', async () => {
+    const row = `#wg-policy .wg-learn[data-gateway="${GW}"][data-device="${DEVICE}"]`;
+    await see(`${row}[data-state="none"]`);
+    // No flow log yet: the gateway's error, in the device's row.
+    await page.click(`${row} .wg-propose`);
+    await see(`${row}[data-state="failed"] .wg-learn-error[data-code="E_NO_FLOWS"]`);
+    expect(await page.textContent(`${row} .wg-learn-error`)).toContain(`no observed flows for ${DEVICE}`);
+
+    // A monitored week of the analyzer: the LIS reads it over Modbus; a stranger was denied SSH.
+    const hour = 3_600_000;
+    const at = (ms: number) => new Date(Date.now() - ms).toISOString();
+    const flow = (ms: number, o: Parameters<typeof pumpFlow>[1]) => JSON.stringify({ kind: 'flow', ...pumpFlow(at(ms), { device: DEVICE, peer: '10.99.0.20', dport: 502, app: 'Modbus', ...o }) });
+    mkdirSync(join(s().dir, 'state', 'flows'), { recursive: true });
+    writeFileSync(
+      join(s().dir, 'state', 'flows', 'flows.ndjson'),
+      [flow(48 * hour, {}), flow(2 * hour, { sport: 40100 }), flow(hour, { peer: '10.99.0.66', dport: 22, app: 'SSH', verdict: 'denied' })].join('\n') + '\n',
+    );
+    await page.click(`${row} .wg-propose`);
+    await see(`${row}[data-state="proposed"] .wg-learn-text`);
+    expect(await page.textContent(`${row} .wg-learn-summary`)).toMatch(/^1 allow entry from 2 flows, to go in place of lab\.yaml/);
+    expect(await page.textContent(`${row} .wg-learn-left`)).toMatch(/^not proposed \(denied by the ruleset\): inbound tcp 10\.99\.0\.66 port 22: 1 flow \(denied 1\)/);
+    // The text shown is what `wardgate policy learn` prints on the gateway, as text.
+    const shown = (await page.textContent(`${row} .wg-learn-text`)) ?? '';
+    const cli = spawnSync(process.execPath, [CLI, 'policy', 'learn', '--device', DEVICE, '--gateway', join(s().dir, 'gateway.yaml')], { encoding: 'utf8' });
+    expect(cli.status, cli.stderr).toBe(0);
+    const undated = (t: string) => t.replace(/(# Proposed by wardgate policy learn at )\S+/, '$1<time>');
+    expect(undated(shown)).toBe(undated(cli.stdout.trimEnd()));
+    expect(shown).toContain('- peer: 10.99.0.20\n        direction: inbound\n        proto: tcp\n        ports: [502]');
+    expect(await page.locator(`${row} .wg-learn-text *`).count()).toBe(0);
+
+    // With a window: the week-old flow is left out.
+    await page.fill('#wg-policy .wg-learn-since', '24h');
+    await page.click(`${row} .wg-propose`);
+    await see(`${row}[data-state="proposed"] .wg-learn-summary:has-text("from 1 flow since")`);
   });
 
   it('pulls a device\'s backup and shows that it verified', async () => {
