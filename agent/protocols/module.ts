@@ -234,12 +234,15 @@ export class ProtocolsModule implements Module {
     });
   }
 
+  /** The proxy process ends when its channel closes (it ignores signals); SIGKILL if it lingers. */
   private kill(): void {
     const c = this.child;
     this.child = undefined;
     this.state.listening = [];
-    c?.disconnect();
-    c?.kill('SIGTERM');
+    if (!c) return;
+    if (c.connected) c.disconnect();
+    const timer = setTimeout(() => c.kill('SIGKILL'), 5000);
+    c.once('exit', () => clearTimeout(timer));
   }
 
   async stop(): Promise<void> {
@@ -253,7 +256,7 @@ export class ProtocolsModule implements Module {
     if (c) {
       const exited = new Promise<void>((r) => c.once('exit', () => r()));
       this.kill();
-      await Promise.race([exited, new Promise((r) => setTimeout(r, 3000))]);
+      await Promise.race([exited, new Promise((r) => setTimeout(r, 6000))]);
     }
     this.appLog?.close();
   }

@@ -133,6 +133,11 @@ function main(): void {
   process.on('message', (m: ToWorker) => {
     if (m.type === 'targets') queue = queue.then(() => apply(m)).catch((err: unknown) => log.error({ err: (err as Error).message }, 'proxy targets failed'));
   });
+  // A stop signal meant for the agent (Ctrl-C to the process group, systemd's SIGTERM to the
+  // unit's cgroup) is not the proxies' to act on: the agent stops them by closing the channel,
+  // after it has handed the fail-open ports back to the kernel. Dying first would raise a false
+  // proxy.restarted and refuse connections for nothing.
+  for (const signal of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) process.on(signal, () => {});
   process.on('disconnect', () => {
     void Promise.all([relay?.close(), ...[...buses.values()].map((b) => b.bus.close())]).finally(() => process.exit(0));
     setTimeout(() => process.exit(0), 3000).unref();

@@ -175,9 +175,12 @@ describe('wardgate demo', () => {
     expect(run.out()).toContain('[a] the analyzer is switched off');
 
     const ports = portsIn(run.out());
-    run.child.kill('SIGINT');
+    // Ctrl-C in a terminal signals the whole process group, the proxy process included: it must
+    // leave its stopping to the agent (no false proxy.restarted).
+    process.kill(-run.child.pid!, 'SIGINT');
     const code = await Promise.race([run.exited, sleep(30000).then(() => 'timeout' as const)]);
     expect(code, run.out()).toBe(0);
+    expect(run.out()).not.toContain('proxy.restarted');
     expect(run.out()).toMatch(/stopping: the console, the agent .*\n {2}status: offline \(session 1, shutdown\)/);
     await assertNothingLeft(run, ports);
   }, 180000);
