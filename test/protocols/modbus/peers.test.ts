@@ -1,6 +1,6 @@
 // The Modbus session between real peers over loopback: pymodbus (Debian's python3-pymodbus 3.0)
 // and modbus-serial's ServerTCP as the device, mbpoll (libmodbus) and the pymodbus client as the
-// peer, joined by the test relay (test/protocols/harness.ts). Allowed reads and writes pass;
+// peer, joined by the agent's relay (test/protocols/harness.ts). Allowed reads and writes pass;
 // a denied write is answered with an exception and the device's registers, read directly from
 // the device, do not change.
 import { execFile, spawn, spawnSync, type ChildProcess } from 'node:child_process';
