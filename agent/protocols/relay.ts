@@ -65,6 +65,22 @@ export interface RelayStats {
   sessionErrors: number;
 }
 
+/**
+ * Writes a session's buffers for one socket. Several (a DICOM command PDU and its data set PDU,
+ * which storescu sends in one segment) go out corked, as one writev: one system call and one TCP
+ * segment, as a plain relay such as socat forwards them, instead of one each. Sessions hand over
+ * whole frames and TCP_NODELAY is on, so nothing else would gather them.
+ */
+function writeAll(socket: Socket, bufs: readonly Buffer[]): void {
+  if (bufs.length === 1) {
+    socket.write(bufs[0] as Buffer);
+    return;
+  }
+  socket.cork();
+  for (const b of bufs) socket.write(b);
+  socket.uncork();
+}
+
 /** An IPv4 peer on a dual-stack listener shows as ::ffff:a.b.c.d; the policy knows it as a.b.c.d. */
 export function plainAddress(a: string | undefined): string {
   if (a === undefined) return '';
@@ -242,11 +258,8 @@ export class ProxyRelay {
       from.resume();
     };
     const apply = (out: SessionOutput, from: Socket) => {
-      if (out.toDevice.length > 0) {
-        const d = deviceSocket ?? openDevice();
-        for (const b of out.toDevice) d.write(b);
-      }
-      for (const b of out.toPeer) peerSocket.write(b);
+      if (out.toDevice.length > 0) writeAll(deviceSocket ?? openDevice(), out.toDevice);
+      if (out.toPeer.length > 0) writeAll(peerSocket, out.toPeer);
       if (out.close !== undefined) {
         this.stats.closedByFilter++;
         closeBoth(out.close, true);
@@ -378,7 +391,7 @@ export class ProxyRelay {
         return;
       }
       for (const b of out.toDevice) link.write(b);
-      for (const b of out.toPeer) peerSocket.write(b);
+      if (out.toPeer.length > 0) writeAll(peerSocket, out.toPeer);
       if (out.close !== undefined) {
         this.stats.closedByFilter++;
         finish(out.close, true);
