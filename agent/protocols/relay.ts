@@ -251,11 +251,30 @@ export class ProxyRelay {
 
     // Reading a side pauses while either write buffer is over the mark, and the peer's while
     // the device has not accepted yet (what it sends meanwhile waits in the kernel, not here).
+    // A stalled side is read again once both buffers are under the mark. Only a socket over the
+    // mark gets a 'drain' listener, and one at a time: a socket that never filled never drains,
+    // and a listener per congestion episode on it stayed for the connection's life.
     const congested = () => peerSocket.writableLength > HIGH_WATER || (deviceSocket?.writableLength ?? 0) > HIGH_WATER;
-    const resume = (from: Socket) => () => {
-      if (ended || congested()) return;
-      if (from === peerSocket && deviceSocket !== undefined && !connected) return;
-      from.resume();
+    const stalled = new Set<Socket>();
+    const draining = new Set<Socket>();
+    const awaitDrain = () => {
+      for (const s of [peerSocket, deviceSocket]) {
+        if (s === undefined || s.writableLength <= HIGH_WATER || draining.has(s)) continue;
+        draining.add(s);
+        s.once('drain', () => {
+          draining.delete(s);
+          unstall();
+        });
+      }
+    };
+    const unstall = () => {
+      if (ended) return;
+      if (congested()) return awaitDrain();
+      for (const s of stalled) {
+        if (s === peerSocket && deviceSocket !== undefined && !connected) continue;
+        stalled.delete(s);
+        s.resume();
+      }
     };
     const apply = (out: SessionOutput, from: Socket) => {
       if (out.toDevice.length > 0) writeAll(deviceSocket ?? openDevice(), out.toDevice);
@@ -267,8 +286,8 @@ export class ProxyRelay {
       }
       if (congested()) {
         from.pause();
-        peerSocket.once('drain', resume(from));
-        deviceSocket?.once('drain', resume(from));
+        stalled.add(from);
+        awaitDrain();
       }
     };
     const feed = (from: Socket, chunk: Buffer) => {
@@ -296,11 +315,12 @@ export class ProxyRelay {
       deviceSocket = d;
       this.sockets.add(d);
       peerSocket.pause();
+      stalled.add(peerSocket);
       d.on('data', (c: Buffer) => feed(d, c));
       d.once('connect', () => {
         connected = true;
         d.setTimeout(this.deps.config.idleTimeoutSeconds * 1000);
-        resume(peerSocket)();
+        unstall();
       });
       d.on('timeout', () => {
         if (!connected) {
