@@ -11,7 +11,9 @@
 // which receives each object whole and answers it, but writes nothing to disk, so that the disk
 // does not hide the hop. storescu waits for each C-STORE-RSP: the time is 1,000 round trips.
 // Both DCMTK tools run with TCP_NODELAY=1 (DCMTK 3.6.7 leaves Nagle on otherwise; dcmtk.ts), and
-// the proxy sets TCP_NODELAY on both of its sockets, so no path waits on a delayed ACK.
+// the proxy and socat set TCP_NODELAY on both of their sockets, so no path waits on a delayed
+// ACK. Every process of a path runs on one CPU (proxy-process.ts says why;
+// WARDGATE_BENCH_CPU=any lets them float).
 // Paths, alternating each round (median of the rounds):
 //   direct  storescu -> storescp
 //   socat   through `socat ...,nodelay` (for information: what a plain relay's hop costs)
@@ -23,9 +25,10 @@ import type { WorkerTarget } from '../agent/protocols/worker.js';
 import { DicomRulesSchema } from '../agent/protocols/schema.js';
 import { copies, makeObject, NO_NAGLE, run, SOP } from '../test/protocols/dicom/dcmtk.js';
 import { envNumber, freePorts, median, ratio, sleep, table, waitForPort, withChild, withTempDir, withTimeout } from './lib.js';
-import { cpuMs, LOCALHOST, withProxyProcess, type ProxyProcess } from './proxy-process.js';
+import { cpuMs, CPU, LOCALHOST, onCpu, withProxyProcess, type ProxyProcess } from './proxy-process.js';
 
 const OBJECTS = 1000;
+const WARM_UP_RUNS = 3;
 const TARGET = 0.8;
 const MiB = 1024 * 1024;
 
@@ -40,19 +43,19 @@ interface Run {
 }
 
 export async function dicomProxy(): Promise<string[]> {
-  const rounds = envNumber('WARDGATE_BENCH_ROUNDS', 5);
+  const rounds = envNumber('WARDGATE_BENCH_ROUNDS', 7);
   console.log(
     `DICOM on 127.0.0.1: storescu -> [socat | proxy process] -> storescp --ignore; ${OBJECTS} objects over one association, ` +
-      `${rounds} rounds, paths alternating, median; TCP_NODELAY on every socket`,
+      `${rounds} rounds, paths alternating, median; TCP_NODELAY on every socket; ${CPU === 'any' ? 'processes where the scheduler puts them' : `every process on CPU ${CPU}`}`,
   );
   return withTempDir('wgbench-dicom-', async (dir) => {
     const files = copies(makeObject(dir, 'ct', SOP.ct, 'CT'), dir, OBJECTS);
     const [scpPort, socatPort, proxyPort] = (await freePorts(3)) as [number, number, number];
     return withChild(
-      () => spawn('storescp', ['--aetitle', 'CT01', '--ignore', '-ta', '30', '-td', '30', String(scpPort)], { cwd: dir, stdio: ['ignore', 'ignore', 'inherit'], env: NO_NAGLE }),
+      () => spawn(...onCpu('storescp', ['--aetitle', 'CT01', '--ignore', '-ta', '30', '-td', '30', String(scpPort)]), { cwd: dir, stdio: ['ignore', 'ignore', 'inherit'], env: NO_NAGLE }),
       (scp) =>
         withChild(
-          () => spawn('socat', [`TCP-LISTEN:${socatPort},bind=127.0.0.1,fork,reuseaddr,nodelay`, `TCP:127.0.0.1:${scpPort},nodelay`], { stdio: ['ignore', 'ignore', 'inherit'] }),
+          () => spawn(...onCpu('socat', [`TCP-LISTEN:${socatPort},bind=127.0.0.1,fork,reuseaddr,nodelay`, `TCP:127.0.0.1:${scpPort},nodelay`]), { stdio: ['ignore', 'ignore', 'inherit'] }),
           async (socat) => {
             await waitForPort('127.0.0.1', scpPort, 5000, 'storescp');
             await waitForPort('127.0.0.1', socatPort, 5000, 'socat');
@@ -77,7 +80,7 @@ export async function dicomProxy(): Promise<string[]> {
 async function measure(proxy: ProxyProcess, files: string[], pids: { scp: number; socat: number }, ports: Record<Path, number>, rounds: number): Promise<string[]> {
   const rssBefore = (await proxy.nextAlive()).rssBytes;
   const storescu = (path: Path, list: string[], ...extra: string[]) =>
-    run('storescu', [...extra, '-R', '-aet', 'PACS', '-aec', 'CT01', '127.0.0.1', String(ports[path]), ...list], 120000, NO_NAGLE);
+    run(...onCpu('storescu', [...extra, '-R', '-aet', 'PACS', '-aec', 'CT01', '127.0.0.1', String(ports[path]), ...list]), 120000, NO_NAGLE);
   const relayCpu = (path: Path) => (path === 'direct' ? 0 : path === 'socat' ? cpuMs(pids.socat, true) : cpuMs(proxy.pid));
 
   // What each path negotiated: the same transfer syntax and PDU size, or the runs compare different things.
@@ -102,8 +105,9 @@ async function measure(proxy: ProxyProcess, files: string[], pids: { scp: number
     return { ms: r.ms, rate: (files.length * 1000) / r.ms, cpu: { relay: per(relayCpu(path) - before.relay), device: per(cpuMs(pids.scp) - before.device) } };
   };
 
-  // Warm-up, not counted: the proxy's JIT, the page cache for the files.
-  for (const path of PATHS) await once(path);
+  // Warm-up, not counted: the page cache for the files, and the proxy's JIT and young
+  // generation, which take some 3,000 C-STOREs to settle (the first runs cost up to 1.7x the CPU).
+  for (let i = 0; i < WARM_UP_RUNS; i++) for (const path of PATHS) await once(path);
 
   const runs = new Map<Path, Run[]>(PATHS.map((p) => [p, []]));
   for (let round = 0; round < rounds; round++) {
@@ -117,7 +121,7 @@ async function measure(proxy: ProxyProcess, files: string[], pids: { scp: number
   const rssMax = Math.max(...proxy.alive.map((a) => a.rssBytes));
 
   // Every association through the proxy (the check, the warm-up, the rounds) was recorded, and nothing was denied.
-  const proxied = 2 + rounds;
+  const proxied = 1 + WARM_UP_RUNS + rounds;
   await withTimeout(
     (async () => {
       while ((proxy.records.get('dicom.association') ?? 0) < proxied) await sleep(50);

@@ -12,18 +12,22 @@
 //           with `modbus: { profile: read-only }`; for the write mix a second target whose entry
 //           is read-write with holding registers 100-119 writable.
 // Every socket on every path has TCP_NODELAY (the proxy sets it on both of its sockets; the
-// device, the clients and socat are told to), so no path waits on Nagle.
+// device, the clients and socat are told to), so no path waits on Nagle. Every process of a
+// path runs on one CPU (proxy-process.ts says why; WARDGATE_BENCH_CPU=any lets them float), so
+// a path's rate is what its processes' CPU costs per request.
 // Rows: reads only, and a write mix (every 10th request writes one register, allowed: each
 // such write is a `modbus.write` record sent to this process and written to an application log
 // as the agent does) to see the cost of logging. CPU time of the clients, the relay (socat with
-// its forked children, or the proxy process) and the device is taken per run from /proc, per
-// request, and the clients' share of one CPU says whether they could have gone faster.
+// its forked children, or the proxy process), the device and this process (the agent's part) is
+// taken per run from /proc, per request. The clients cost the same on every path, so the
+// difference between two paths is their relays'; and the clients' share of a CPU says whether
+// they could have gone faster (on one CPU they take about a quarter of it).
 import { spawn } from 'node:child_process';
 import { join } from 'node:path';
 import type { WorkerTarget } from '../agent/protocols/worker.js';
 import { ModbusRulesSchema } from '../agent/protocols/schema.js';
 import { envNumber, freePorts, median, ratio, sleep, table, waitForPort, withChild, withTempDir, withTimeout } from './lib.js';
-import { cpuMs, LOCALHOST, withProxyProcess, type ProxyProcess } from './proxy-process.js';
+import { cpuMs, CPU, LOCALHOST, onCpu, withProxyProcess, type ProxyProcess } from './proxy-process.js';
 
 const DEVICE = join(import.meta.dirname, 'modbus-device.mjs');
 const CLIENTS = join(import.meta.dirname, 'modbus-clients.mjs');
@@ -61,7 +65,7 @@ interface ClientResult {
 interface Run extends ClientResult {
   rate: number;
   /** CPU microseconds per request. */
-  cpu: { clients: number; relay: number; device: number };
+  cpu: { clients: number; relay: number; device: number; agent: number };
 }
 
 function modbusTarget(key: string, devicePort: number, listenPort: number, rules: unknown): WorkerTarget {
@@ -81,7 +85,7 @@ function modbusTarget(key: string, devicePort: number, listenPort: number, rules
 /** Runs the clients once against `port` and returns what they measured. */
 function clients(port: number, connections: number, seconds: number, writeEvery: number): Promise<ClientResult> {
   return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [CLIENTS, String(port), String(connections), String(seconds), String(writeEvery)], { stdio: ['ignore', 'pipe', 'pipe'] });
+    const child = spawn(...onCpu(process.execPath, [CLIENTS, String(port), String(connections), String(seconds), String(writeEvery)]), { stdio: ['ignore', 'pipe', 'pipe'] });
     let out = '';
     let err = '';
     child.stdout.on('data', (d: Buffer) => (out += d.toString()));
@@ -105,15 +109,15 @@ export async function modbusProxy(): Promise<string[]> {
   const rounds = envNumber('WARDGATE_BENCH_ROUNDS', 3);
   console.log(
     `Modbus TCP on 127.0.0.1: clients -> [socat | proxy process] -> raw device; 1 and 8 connections, one request outstanding each, ` +
-      `${seconds} s per run, ${rounds} rounds, paths alternating, median; TCP_NODELAY everywhere`,
+      `${seconds} s per run, ${rounds} rounds, paths alternating, median; TCP_NODELAY everywhere; ${CPU === 'any' ? 'processes where the scheduler puts them' : `every process on CPU ${CPU}`}`,
   );
   return withTempDir('wgbench-modbus-', async (dir) => {
     const [devicePort, socatPort, readPort, writePort] = (await freePorts(4)) as [number, number, number, number];
     return withChild(
-      () => spawn(process.execPath, [DEVICE, String(devicePort)], { stdio: ['ignore', 'ignore', 'inherit'] }),
+      () => spawn(...onCpu(process.execPath, [DEVICE, String(devicePort)]), { stdio: ['ignore', 'ignore', 'inherit'] }),
       (device) =>
         withChild(
-          () => spawn('socat', [`TCP-LISTEN:${socatPort},bind=127.0.0.1,fork,reuseaddr,nodelay`, `TCP:127.0.0.1:${devicePort},nodelay`], { stdio: ['ignore', 'ignore', 'inherit'] }),
+          () => spawn(...onCpu('socat', [`TCP-LISTEN:${socatPort},bind=127.0.0.1,fork,reuseaddr,nodelay`, `TCP:127.0.0.1:${devicePort},nodelay`]), { stdio: ['ignore', 'ignore', 'inherit'] }),
           async (socat) => {
             await waitForPort('127.0.0.1', devicePort, 5000, 'the modbus device');
             await waitForPort('127.0.0.1', socatPort, 5000, 'socat');
@@ -141,7 +145,7 @@ async function measure(
   let proxyWrites = 0;
 
   const once = async (path: Path, row: Row, secs: number): Promise<Run> => {
-    const before = { relay: relayCpu(path), device: cpuMs(pids.device) };
+    const before = { relay: relayCpu(path), device: cpuMs(pids.device), agent: process.cpuUsage() };
     const r = await clients(portOf(path, row), row.connections, secs, row.writeEvery);
     // socat's forks end with their connections; their CPU time reaches the parent when it has waited for them.
     await sleep(path === 'socat' ? 300 : 50);
@@ -151,7 +155,12 @@ async function measure(
     return {
       ...r,
       rate: r.requests / r.seconds,
-      cpu: { clients: r.cpuUs / r.requests, relay: per(relayCpu(path) - before.relay), device: per(cpuMs(pids.device) - before.device) },
+      cpu: {
+        clients: r.cpuUs / r.requests,
+        relay: per(relayCpu(path) - before.relay),
+        device: per(cpuMs(pids.device) - before.device),
+        agent: (({ user, system }) => (user + system) / r.requests)(process.cpuUsage(before.agent)),
+      },
     };
   };
 
@@ -227,6 +236,16 @@ async function measure(
     summary.push(
       `modbus ${row.name}: proxy/socat = ${ratio(r)} (target >= ${TARGET}x): ${r >= TARGET ? 'PASS' : 'MISS'}; ` +
         `added over socat p50 ${addP50 >= 0 ? '+' : ''}${addP50.toFixed(0)} us, p99 ${addP99 >= 0 ? '+' : ''}${addP99.toFixed(0)} us`,
+    );
+  }
+  // What a write's record costs: the proxy's CPU per request over the same row without writes,
+  // and this process's (the agent's part: receiving the record, writing the log line).
+  for (const row of ROWS.filter((r) => r.writeEvery > 0)) {
+    const reads = ROWS.find((r) => r.writeEvery === 0 && r.connections === row.connections) as Row;
+    const perWrite = (f: (r: Run) => number) => (med(row, 'proxy', f) - med(reads, 'proxy', f)) * row.writeEvery;
+    summary.push(
+      `modbus ${row.name}: a write's record costs the proxy ${perWrite((r) => r.cpu.relay).toFixed(0)} us of CPU and the agent ${perWrite((r) => r.cpu.agent).toFixed(0)} us ` +
+        `(proxy CPU per request ${med(reads, 'proxy', (r) => r.cpu.relay).toFixed(1)} us reads only, ${med(row, 'proxy', (r) => r.cpu.relay).toFixed(1)} us with writes)`,
     );
   }
   summary.push(`modbus: proxy RSS ${(rssBefore / MiB).toFixed(1)} -> ${(rssAfter / MiB).toFixed(1)} MiB (max ${(rssMax / MiB).toFixed(1)})`);

@@ -8,7 +8,7 @@
 // process, for example `--cpu-prof --cpu-prof-dir=/tmp/prof`: the profile is written when it
 // exits, which it does, as under the agent, when the channel closes.
 import { spawn, type ChildProcess } from 'node:child_process';
-import { existsSync, readFileSync } from 'node:fs';
+import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import type { WorkerTarget, FromWorker, ToWorker } from '../agent/protocols/worker.js';
 import { ProtocolsSchema } from '../agent/protocols/schema.js';
@@ -34,6 +34,19 @@ export interface ProxyProcess {
   nextAlive(): Promise<Alive>;
 }
 
+/**
+ * The CPU every process of a path runs on (WARDGATE_BENCH_CPU, default 0; "any" leaves them to
+ * the scheduler). On this VM a wake-up across virtual CPUs costs some 45 us, so a request that
+ * crosses three processes took 3x longer or not depending on where the scheduler had put them,
+ * from one run to the next; on one CPU a path's rate is what its processes' work costs.
+ */
+export const CPU = process.env.WARDGATE_BENCH_CPU ?? '0';
+
+/** `cmd args`, on CPU (taskset execs it: the pid is the command's). */
+export function onCpu(cmd: string, args: string[]): [string, string[]] {
+  return CPU === 'any' ? [cmd, args] : ['taskset', ['-c', CPU, cmd, ...args]];
+}
+
 /** 127.0.0.1 as the single-address range of an allow entry. */
 export const LOCALHOST: AddrRange = { family: 'ipv4', lo: parseIPv4('127.0.0.1'), hi: parseIPv4('127.0.0.1') };
 
@@ -51,7 +64,7 @@ export function withProxyProcess<T>(dir: string, targets: WorkerTarget[], body: 
   const appLog = new RotatingFile({ path: join(dir, `app-${targets[0]?.listenPort ?? 0}`, 'app.ndjson'), maxBytes: 4 * 1024 * 1024, files: 4, batch: true });
   return withResource(
     async () => {
-      const child = spawn(process.execPath, [...NODE_ARGS, worker], { stdio: ['ignore', 'inherit', 'inherit', 'ipc'], serialization: 'advanced' });
+      const child = spawn(...onCpu(process.execPath, [...NODE_ARGS, worker]), { stdio: ['ignore', 'inherit', 'inherit', 'ipc'], serialization: 'advanced' });
       const waiters: ((a: Alive) => void)[] = [];
       const p: ProxyProcess = {
         pid: child.pid ?? 0,
@@ -113,14 +126,26 @@ async function stop(child: ChildProcess): Promise<void> {
 const USER_HZ = 100;
 
 /**
- * CPU time of a process in milliseconds, from /proc/<pid>/stat: user and system, and with
- * `children` also that of its children that have exited and been waited for (socat's forks).
+ * CPU time of a process in milliseconds. Alone: the sum of its threads' run time from
+ * /proc/<pid>/task/<tid>/schedstat (nanoseconds, so a run of a few hundred milliseconds is
+ * measured exactly). With `children`: user and system time from /proc/<pid>/stat with that of
+ * its children that have exited and been waited for (socat's forks), in 10-ms ticks.
  */
 export function cpuMs(pid: number, children = false): number {
+  if (!children) {
+    let ns = 0;
+    for (const tid of readdirSync(`/proc/${pid}/task`)) {
+      try {
+        ns += Number(readFileSync(`/proc/${pid}/task/${tid}/schedstat`, 'utf8').split(' ')[0]);
+      } catch {
+        // the thread ended meanwhile
+      }
+    }
+    return ns / 1e6;
+  }
   const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
   // The command name is in parentheses and may hold spaces; the fields after it are fixed.
   const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
   const at = (i: number) => Number(f[i - 3]);
-  const ticks = at(14) + at(15) + (children ? at(16) + at(17) : 0);
-  return (ticks * 1000) / USER_HZ;
+  return ((at(14) + at(15) + at(16) + at(17)) * 1000) / USER_HZ;
 }
