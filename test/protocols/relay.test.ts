@@ -248,8 +248,9 @@ describe('ProxyRelay', () => {
         enforce: true,
         session: () => ({ fromPeer: (c) => ({ toDevice: [c], toPeer: [] }), fromDevice: (c) => ({ toDevice: [], toPeer: [c] }), end: () => {}, buffered: () => 0 }),
       });
-      const sockets = (r as unknown as { sockets: Set<Socket> }).sockets;
-      const drainListeners = () => [...sockets].map((x) => x.listenerCount('drain'));
+      // A Set of sockets, or a Map keyed by them: keys() lists the sockets in both.
+      const sockets = (r as unknown as { sockets: { keys(): Iterable<Socket> } }).sockets;
+      const drainListeners = () => [...sockets.keys()].map((x) => x.listenerCount('drain'));
       const c = client(port);
       await c.opened();
       let sent = 0;
