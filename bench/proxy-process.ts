@@ -61,9 +61,9 @@ export function workerScript(): string {
  * afterwards. `worker` is another build's worker.js, to compare a change with what was before it.
  */
 export function withProxyProcess<T>(dir: string, targets: WorkerTarget[], body: (p: ProxyProcess) => Promise<T>, worker = workerScript()): Promise<T> {
-  const appLog = new RotatingFile({ path: join(dir, `app-${targets[0]?.listenPort ?? 0}`, 'app.ndjson'), maxBytes: 4 * 1024 * 1024, files: 4, batch: true });
   return withResource(
     async () => {
+      const appLog = new RotatingFile({ path: join(dir, `app-${targets[0]?.listenPort ?? 0}`, 'app.ndjson'), maxBytes: 4 * 1024 * 1024, files: 4, batch: true });
       const child = spawn(...onCpu(process.execPath, [...NODE_ARGS, worker]), { stdio: ['ignore', 'inherit', 'inherit', 'ipc'], serialization: 'advanced' });
       const waiters: ((a: Alive) => void)[] = [];
       const p: ProxyProcess = {
@@ -101,11 +101,12 @@ export function withProxyProcess<T>(dir: string, targets: WorkerTarget[], body: 
         if (r.failed.length > 0) throw new Error(`the proxy process could not listen: ${r.failed.map((f) => `${f.key}: ${f.error}`).join('; ')}`);
       } catch (err) {
         await stop(child);
+        appLog.close();
         throw err;
       }
-      return { child, p };
+      return { child, p, appLog };
     },
-    async ({ child }) => {
+    async ({ child, appLog }) => {
       await stop(child);
       appLog.close();
     },
