@@ -9,11 +9,15 @@
 // WARDGATE_BENCH_BROKER (outbox: mosquitto or aedes; default mosquitto when installed),
 // WARDGATE_BENCH_RSS_SECONDS (rss: seconds each agent runs, default 25),
 // WARDGATE_BENCH_RATES (flows: the ladder of new flows/s, default 1000,2000,4000,8000,16000),
-// WARDGATE_BENCH_CONFIGS (backup: 1 MiB configurations per run, default 30).
+// WARDGATE_BENCH_CONFIGS (backup: 1 MiB configurations per run, default 30),
+// WARDGATE_BENCH_NODE_ARGS (node flags for rss's processes and for the modbus and dicom
+// benchmarks' proxy process, e.g. --cpu-prof --cpu-prof-dir=DIR).
 import { apply } from './apply.js';
 import { backup } from './backup.js';
 import { flows } from './flows.js';
+import { dicomProxy } from './dicom-proxy.js';
 import { commandMissing, removeStale, rootSkipReason } from './lib.js';
+import { modbusProxy } from './modbus-proxy.js';
 import { outbox } from './outbox.js';
 import { rss } from './rss.js';
 import { throughput } from './throughput.js';
@@ -35,6 +39,8 @@ const BENCHES: Bench[] = [
   { name: 'flows', what: 'flow records/s of the agent\'s traffic pipeline against conntrack -E alone, and its CPU per 1,000 flows', root: true, needs: ['conntrack', 'tcpdump'], run: flows },
   { name: 'outbox', what: 'events/s persisted in the outbox and delivered at QoS 1 by the link, against plain mqtt.js QoS 1', root: false, run: outbox },
   { name: 'backup', what: 'backup store throughput for 1 MB configurations (encrypt, sign, write) against a plain copy plus SHA-256', root: false, run: backup },
+  { name: 'modbus', what: 'Modbus TCP requests/s and latency through the inline proxy process, against socat', root: false, needs: ['socat'], run: modbusProxy },
+  { name: 'dicom', what: 'DICOM C-STOREs/s (1,000 small objects, one association) through the inline proxy process, against storescu straight to storescp', root: false, needs: ['storescu', 'storescp', 'dump2dcm', 'socat'], run: dicomProxy },
   { name: 'rss', what: 'resident memory of `wardgate run` probing 50 devices, against the same agent with none', root: false, run: rss },
 ];
 

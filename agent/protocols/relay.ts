@@ -65,6 +65,22 @@ export interface RelayStats {
   sessionErrors: number;
 }
 
+/**
+ * Writes a session's buffers for one socket. Several (a DICOM command PDU and its data set PDU,
+ * which storescu sends in one segment) go out corked, as one writev: one system call and one TCP
+ * segment, as a plain relay such as socat forwards them, instead of one each. Sessions hand over
+ * whole frames and TCP_NODELAY is on, so nothing else would gather them.
+ */
+function writeAll(socket: Socket, bufs: readonly Buffer[]): void {
+  if (bufs.length === 1) {
+    socket.write(bufs[0] as Buffer);
+    return;
+  }
+  socket.cork();
+  for (const b of bufs) socket.write(b);
+  socket.uncork();
+}
+
 /** An IPv4 peer on a dual-stack listener shows as ::ffff:a.b.c.d; the policy knows it as a.b.c.d. */
 export function plainAddress(a: string | undefined): string {
   if (a === undefined) return '';
@@ -240,18 +256,34 @@ export class ProxyRelay {
 
     // Reading a side pauses while either write buffer is over the mark, and the peer's while
     // the device has not accepted yet (what it sends meanwhile waits in the kernel, not here).
+    // A stalled side is read again once both buffers are under the mark. Only a socket over the
+    // mark gets a 'drain' listener, and one at a time: a socket that never filled never drains,
+    // and a listener per congestion episode on it stayed for the connection's life.
     const congested = () => peerSocket.writableLength > HIGH_WATER || (deviceSocket?.writableLength ?? 0) > HIGH_WATER;
-    const resume = (from: Socket) => () => {
-      if (ended || congested()) return;
-      if (from === peerSocket && deviceSocket !== undefined && !connected) return;
-      from.resume();
+    const stalled = new Set<Socket>();
+    const draining = new Set<Socket>();
+    const awaitDrain = () => {
+      for (const s of [peerSocket, deviceSocket]) {
+        if (s === undefined || s.writableLength <= HIGH_WATER || draining.has(s)) continue;
+        draining.add(s);
+        s.once('drain', () => {
+          draining.delete(s);
+          unstall();
+        });
+      }
+    };
+    const unstall = () => {
+      if (ended) return;
+      if (congested()) return awaitDrain();
+      for (const s of stalled) {
+        if (s === peerSocket && deviceSocket !== undefined && !connected) continue;
+        stalled.delete(s);
+        s.resume();
+      }
     };
     const apply = (out: SessionOutput, from: Socket) => {
-      if (out.toDevice.length > 0) {
-        const d = deviceSocket ?? openDevice();
-        for (const b of out.toDevice) d.write(b);
-      }
-      for (const b of out.toPeer) peerSocket.write(b);
+      if (out.toDevice.length > 0) writeAll(deviceSocket ?? openDevice(), out.toDevice);
+      if (out.toPeer.length > 0) writeAll(peerSocket, out.toPeer);
       if (out.close !== undefined) {
         this.stats.closedByFilter++;
         closeBoth(out.close, true);
@@ -259,8 +291,8 @@ export class ProxyRelay {
       }
       if (congested()) {
         from.pause();
-        peerSocket.once('drain', resume(from));
-        deviceSocket?.once('drain', resume(from));
+        stalled.add(from);
+        awaitDrain();
       }
     };
     const feed = (from: Socket, chunk: Buffer) => {
@@ -288,11 +320,12 @@ export class ProxyRelay {
       deviceSocket = d;
       this.sockets.set(d, target.key);
       peerSocket.pause();
+      stalled.add(peerSocket);
       d.on('data', (c: Buffer) => feed(d, c));
       d.once('connect', () => {
         connected = true;
         d.setTimeout(this.deps.config.idleTimeoutSeconds * 1000);
-        resume(peerSocket)();
+        unstall();
       });
       d.on('timeout', () => {
         if (!connected) {
@@ -383,7 +416,7 @@ export class ProxyRelay {
         return;
       }
       for (const b of out.toDevice) link.write(b);
-      for (const b of out.toPeer) peerSocket.write(b);
+      if (out.toPeer.length > 0) writeAll(peerSocket, out.toPeer);
       if (out.close !== undefined) {
         this.stats.closedByFilter++;
         finish(out.close, true);

@@ -2,7 +2,7 @@
 // Modbus device (modbus-serial's ServerTCP): when it opens the device's connection, and the
 // connection limits. No root needed; the namespace tests (proxy-netns, load-netns) cover the
 // ruleset's redirect and the proxy process.
-import { connect, type Server, type Socket } from 'node:net';
+import { connect, createServer, type Server, type Socket } from 'node:net';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { createModbusSession } from '../../agent/protocols/modbus/session.js';
 import { ProxyRelay, type RelayDeps } from '../../agent/protocols/relay.js';
@@ -220,6 +220,70 @@ describe('ProxyRelay', () => {
     expect(c.frames().map((f) => f.readUInt16BE(0))).toEqual([1]);
     expect(s.deviceAccepted()).toBe(0);
     expect(s.alerts.map((a) => a.kind)).toEqual(['modbus.denied', 'modbus.malformed']);
+  });
+
+  // Backpressure, many times over on one connection: a session that passes bytes untouched, and
+  // a device that stops reading, then reads all, twelve times. Each time the relay's write buffer
+  // to the device passes the mark, the peer stops being read until it drains. The relay used to
+  // add a 'drain' listener to both sockets each time, and the peer's socket, which never filled,
+  // kept them all: one more per episode for the connection's life. The relay's sockets are a
+  // private field; how many listeners it leaves on them is what is checked.
+  it('a device that stops reading, again and again: the peer is stalled and resumed each time, no listener piles up, every byte arrives in order', async () => {
+    // More than the kernel's socket buffers on the way take (4 MiB each at most here), so the relay's own buffer fills.
+    const EPISODE = 16 * 1024 * 1024;
+    const pattern = Buffer.alloc(EPISODE + 251);
+    for (let i = 0; i < pattern.length; i++) pattern[i] = i % 251;
+    let device: Socket | undefined;
+    let received = 0;
+    let disorder = -1;
+    const server = createServer((sock) => {
+      device = sock;
+      sock.pause();
+      sock.on('data', (d: Buffer) => {
+        const at = received % 251;
+        if (disorder < 0 && !d.equals(pattern.subarray(at, at + d.length))) disorder = received;
+        received += d.length;
+      });
+      sock.on('error', () => {});
+    });
+    await new Promise<void>((resolve) => server.listen(0, LOOPBACK, resolve));
+    try {
+      const r = new ProxyRelay({ config: LIMITS, host: LOOPBACK, alert: () => {}, record: () => {}, log: { info: () => {}, warn: () => {}, error: () => {} } });
+      relay = r;
+      const port = await freePort();
+      await r.listen({
+        key: 'scanner-01:104',
+        device: 'scanner-01',
+        app: 'dicom',
+        listenPort: port,
+        devicePort: (server.address() as { port: number }).port,
+        addresses: { ipv4: LOOPBACK },
+        enforce: true,
+        session: () => ({ fromPeer: (c) => ({ toDevice: [c], toPeer: [] }), fromDevice: (c) => ({ toDevice: [], toPeer: [c] }), end: () => {}, buffered: () => 0 }),
+      });
+      // A Set of sockets, or a Map keyed by them: keys() lists the sockets in both.
+      const sockets = (r as unknown as { sockets: { keys(): Iterable<Socket> } }).sockets;
+      const drainListeners = () => [...sockets.keys()].map((x) => x.listenerCount('drain'));
+      const c = client(port);
+      await c.opened();
+      let sent = 0;
+      const most: number[] = [];
+      for (let episode = 0; episode < 12; episode++) {
+        c.socket.write(pattern.subarray(sent % 251, (sent % 251) + EPISODE));
+        sent += EPISODE;
+        await waitFor(`episode ${episode}: the relay to stall the peer`, () => drainListeners().some((n) => n > 0));
+        most.push(Math.max(...drainListeners()));
+        device?.resume();
+        await waitFor(`episode ${episode}: the device to read all`, () => received === sent, 10000);
+        device?.pause();
+      }
+      expect(disorder).toBe(-1);
+      expect(most).toEqual(Array.from({ length: 12 }, () => 1));
+      expect(drainListeners()).toEqual([0, 0]);
+    } finally {
+      device?.destroy();
+      await new Promise<void>((resolve) => server.close(() => resolve()));
+    }
   });
 
   it('an unknown function code from a peer with an entry is answered by the filter', async () => {
