@@ -241,7 +241,7 @@ export class ProtocolsModule implements Module {
     this.state.listening = [];
     if (!c) return;
     if (c.connected) c.disconnect();
-    const timer = setTimeout(() => c.kill('SIGKILL'), 5000);
+    const timer = setTimeout(() => c.kill('SIGKILL'), 5000).unref();
     c.once('exit', () => clearTimeout(timer));
   }
 
@@ -256,7 +256,7 @@ export class ProtocolsModule implements Module {
     if (c) {
       const exited = new Promise<void>((r) => c.once('exit', () => r()));
       this.kill();
-      await Promise.race([exited, new Promise((r) => setTimeout(r, 6000))]);
+      await Promise.race([exited, new Promise((r) => setTimeout(r, 3000))]);
     }
     this.appLog?.close();
   }

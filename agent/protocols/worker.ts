@@ -140,7 +140,8 @@ function main(): void {
   for (const signal of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) process.on(signal, () => {});
   process.on('disconnect', () => {
     void Promise.all([relay?.close(), ...[...buses.values()].map((b) => b.bus.close())]).finally(() => process.exit(0));
-    setTimeout(() => process.exit(0), 3000).unref();
+    // The agent is stopping or replacing us: its stop must not wait on peers that do not close.
+    setTimeout(() => process.exit(0), 1000).unref();
   });
   setInterval(() => {
     const rtu = buses.size > 0 ? Object.fromEntries([...buses].map(([path, b]) => [path, b.bus.status()])) : undefined;
