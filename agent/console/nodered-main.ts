@@ -18,23 +18,11 @@
 // Prints one line of JSON, {"event":"ready","url":...}, when the flows are running.
 import { randomBytes, timingSafeEqual, createHash } from 'node:crypto';
 import { copyFileSync, existsSync, mkdirSync, writeFileSync } from 'node:fs';
-import { createServer, type RequestListener } from 'node:http';
-import { createRequire } from 'node:module';
 import { homedir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { repoRoot } from './nodered.js';
+import { LOCKED_DOWN, loadNodeRed, serveNodeRed } from '../util/nodered-runtime.js';
 
-interface NodeRed {
-  init(server: ReturnType<typeof createServer>, settings: Record<string, unknown>): void;
-  start(): Promise<void>;
-  stop(): Promise<void>;
-  httpAdmin: RequestListener;
-  httpNode: RequestListener;
-}
-
-interface Express {
-  (): RequestListener & { use(path: string, handler: RequestListener): void; disable(setting: string): void };
-}
 
 const sameSecret = (a: string, b: string): boolean => {
   // Hashes first: timingSafeEqual wants equal lengths, and the length is no clue then.
@@ -121,15 +109,7 @@ async function main(): Promise<void> {
     throw new Error(`listening on ${host} needs a dashboard login: set WARDGATE_CONSOLE_DASHBOARD_PASSWORD (the dashboard's buttons send signed commands)`);
   }
 
-  const require = createRequire(import.meta.url);
-  let RED: NodeRed;
-  let express: Express;
-  try {
-    RED = require('node-red') as NodeRed;
-    express = createRequire(require.resolve('node-red'))('express') as Express;
-  } catch (err) {
-    throw new Error(`node-red is not installed (an optional dependency: npm ci without --omit=optional): ${(err as Error).message}`);
-  }
+  const { RED, fromNodeRed } = loadNodeRed();
 
   const user = (username: string) => (username === adminUser ? { username, permissions: '*' } : null);
   const settings = {
@@ -150,48 +130,14 @@ async function main(): Promise<void> {
     ...(env.WARDGATE_CONSOLE_CREDENTIAL_SECRET ? { credentialSecret: env.WARDGATE_CONSOLE_CREDENTIAL_SECRET } : {}),
     // Acknowledged alerts and the last answers survive a restart of the console.
     contextStorage: { default: { module: 'localfilesystem' } },
-    // This console calls nowhere but its broker: no update checks, no installs from the editor.
-    telemetry: { enabled: false },
-    diagnostics: { enabled: false },
-    externalModules: { autoInstall: false, palette: { allowInstall: false }, modules: { allowInstall: false } },
-    functionExternalModules: false,
-    editorTheme: { tours: false, projects: { enabled: false } },
+    // This console calls nowhere but its broker.
+    ...LOCKED_DOWN,
     logging: { console: { level: env.WARDGATE_CONSOLE_LOG_LEVEL ?? 'info', metrics: false, audit: false } },
   };
 
-  const app = express();
-  app.disable('x-powered-by');
-  const server = createServer(app);
-  RED.init(server, settings);
-  app.use(settings.httpAdminRoot, RED.httpAdmin);
-  app.use(settings.httpNodeRoot, RED.httpNode);
-  await new Promise<void>((ok, fail) => {
-    server.once('error', fail);
-    server.listen(port, host, () => ok());
-  });
-  await RED.start();
-  const address = server.address();
-  const actual = typeof address === 'object' && address ? address.port : port;
-  const url = `http://${host.includes(':') ? `[${host}]` : host}:${actual}`;
+  // Started by startConsole(): it stops with its parent, even one killed with SIGKILL.
+  const url = await serveNodeRed(RED, fromNodeRed, settings, { port, host });
   process.stdout.write(`${JSON.stringify({ event: 'ready', url, dashboard: `${url}/dashboard/site`, admin: `${url}/admin`, userDir })}\n`);
-
-  let stopping = false;
-  const stop = (): void => {
-    if (stopping) return;
-    stopping = true;
-    // RED.stop() stops the flows (the console nodes close their MQTT connection) and flushes
-    // the file context store.
-    void RED.stop()
-      .catch(() => undefined)
-      .then(() => {
-        server.closeAllConnections();
-        server.close(() => process.exit(0));
-      });
-  };
-  process.on('SIGTERM', stop);
-  process.on('SIGINT', stop);
-  // Started by startConsole(): stop with the parent, even one killed with SIGKILL.
-  if (process.send !== undefined) process.on('disconnect', stop);
 }
 
 main().catch((err: unknown) => {

@@ -13,21 +13,11 @@
 // Prints one line of JSON, {"event":"ready","url":...}, when the flows are running.
 import { createHash, timingSafeEqual } from 'node:crypto';
 import { readFileSync } from 'node:fs';
-import { createServer, type IncomingMessage, type RequestListener, type ServerResponse } from 'node:http';
+import type { IncomingMessage, RequestListener, ServerResponse } from 'node:http';
 import { createRequire } from 'node:module';
 import { BCRYPT_HASH } from './schema.js';
+import { LOCKED_DOWN, loadNodeRed, serveNodeRed } from '../util/nodered-runtime.js';
 
-interface NodeRed {
-  init(server: ReturnType<typeof createServer>, settings: Record<string, unknown>): void;
-  start(): Promise<void>;
-  stop(): Promise<void>;
-  httpAdmin: RequestListener;
-  httpNode: RequestListener;
-}
-
-interface Express {
-  (): RequestListener & { use(path: string, handler: RequestListener): void; disable(setting: string): void };
-}
 
 interface Bcrypt {
   compare(password: string, hash: string): Promise<boolean>;
@@ -82,18 +72,8 @@ async function main(): Promise<void> {
   const hash = readFileSync(hashFile, 'utf8').trim();
   if (!BCRYPT_HASH.test(hash)) throw new Error(`${hashFile} holds no bcrypt hash: refusing to start Node-RED without a login`);
 
-  const require = createRequire(import.meta.url);
-  let RED: NodeRed;
-  let express: Express;
-  let bcrypt: Bcrypt;
-  try {
-    RED = require('node-red') as NodeRed;
-    const fromNodeRed = createRequire(require.resolve('node-red'));
-    express = fromNodeRed('express') as Express;
-    bcrypt = fromNodeRed('bcryptjs') as Bcrypt;
-  } catch (err) {
-    throw new Error(`node-red is not installed (an optional dependency: npm ci without --omit=optional): ${(err as Error).message}`);
-  }
+  const { RED, fromNodeRed } = loadNodeRed();
+  const bcrypt = fromNodeRed('bcryptjs') as Bcrypt;
 
   const settings = {
     userDir,
@@ -105,48 +85,16 @@ async function main(): Promise<void> {
     httpNodeRoot: '/',
     adminAuth: { type: 'credentials', users: [{ username, password: hash, permissions: '*' }] },
     // The flows reach devices over Modbus with the library the agent uses (global.get('modbus')).
-    functionGlobalContext: { modbus: require('modbus-serial') as unknown },
-    // A gateway calls nowhere but its devices and its agent: no update checks, no installs.
-    telemetry: { enabled: false },
-    diagnostics: { enabled: false },
-    externalModules: { autoInstall: false, palette: { allowInstall: false }, modules: { allowInstall: false } },
-    functionExternalModules: false,
-    editorTheme: { tours: false, projects: { enabled: false } },
+    functionGlobalContext: { modbus: createRequire(import.meta.url)('modbus-serial') as unknown },
+    // A gateway calls nowhere but its devices and its agent.
+    ...LOCKED_DOWN,
     logging: { console: { level: process.env.WARDGATE_NODERED_LOG_LEVEL ?? 'info', metrics: false, audit: false } },
   };
 
-  const app = express();
-  app.disable('x-powered-by');
-  const server = createServer(app);
-  RED.init(server, settings);
-  app.use(settings.httpAdminRoot, RED.httpAdmin);
-  // The flows' own HTTP endpoints (http in nodes) want the same login.
-  app.use(settings.httpNodeRoot, basicLogin(username, hash, bcrypt) as unknown as RequestListener);
-  app.use(settings.httpNodeRoot, RED.httpNode);
-  await new Promise<void>((ok, fail) => {
-    server.once('error', fail);
-    server.listen(port, host, () => ok());
-  });
-  await RED.start();
-  const url = `http://${host.includes(':') ? `[${host}]` : host}:${port}`;
+  // The flows' own HTTP endpoints (http in nodes) want the same login. It stops with the agent,
+  // even one killed with SIGKILL: the IPC channel closes.
+  const url = await serveNodeRed(RED, fromNodeRed, settings, { port, host, nodeAuth: basicLogin(username, hash, bcrypt) as unknown as RequestListener });
   process.stdout.write(`${JSON.stringify({ event: 'ready', url, admin: `${url}/admin` })}\n`);
-
-  let stopping = false;
-  const stop = (): void => {
-    if (stopping) return;
-    stopping = true;
-    void RED.stop()
-      .catch(() => undefined)
-      .then(() => {
-        server.closeAllConnections();
-        server.close(() => process.exit(0));
-      });
-    setTimeout(() => process.exit(0), 8000).unref();
-  };
-  process.on('SIGTERM', stop);
-  process.on('SIGINT', stop);
-  // Stop with the agent, even one killed with SIGKILL: the IPC channel closes.
-  if (process.send !== undefined) process.on('disconnect', stop);
 }
 
 main().catch((err: unknown) => {
