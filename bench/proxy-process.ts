@@ -93,8 +93,8 @@ export function withProxyProcess<T>(dir: string, targets: WorkerTarget[], body: 
         }
       });
       const answered = new Promise<Extract<FromWorker, { type: 'ready' }>>((r) => (ready = r));
-      const config = ProtocolsSchema.parse({ maxConnectionsPerPeer: 64 });
-      const m: ToWorker = { type: 'targets', config, targets, host: '127.0.0.1' };
+      const config = ProtocolsSchema.parse({ maxConnectionsPerPeer: 64, listenHost: '127.0.0.1' });
+      const m: ToWorker = { type: 'targets', config, targets };
       child.send(m);
       try {
         const r = await withTimeout(answered, 10000, 'the proxy process did not answer its targets within 10 s');

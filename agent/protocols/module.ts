@@ -38,8 +38,6 @@ export interface ProtocolsDeps {
   event: (e: LimitedEvent) => void;
   /** The worker script; defaults to worker.js beside this file. */
   workerPath?: string;
-  /** Where the listeners bind; by default the gateway file's protocols.listenHost ("::"). */
-  host?: string;
 }
 
 export interface ProtocolsStatus {
@@ -127,7 +125,7 @@ export class ProtocolsModule implements Module {
     this.appLog ??= new RotatingFile({ path: join(this.deps.stateDir, 'app', 'app.ndjson'), maxBytes: Math.floor(this.deps.config.protocols.logBytes / 4), files: 4, batch: true });
     if (!this.child) this.spawn();
     const ready = this.waitReady();
-    this.send({ type: 'targets', config: this.deps.config.protocols, targets: this.targets, host: this.deps.host ?? this.deps.config.protocols.listenHost });
+    this.send({ type: 'targets', config: this.deps.config.protocols, targets: this.targets });
     const r = await ready;
     if (r.failed.length > 0) {
       for (const f of r.failed) this.deps.log.error({ target: f.key, err: f.error }, 'proxy cannot listen');
@@ -177,7 +175,7 @@ export class ProtocolsModule implements Module {
       this.restartTimer = setTimeout(() => {
         this.state.restarts++;
         this.spawn();
-        this.send({ type: 'targets', config: this.deps.config.protocols, targets: this.targets, host: this.deps.host ?? this.deps.config.protocols.listenHost });
+        this.send({ type: 'targets', config: this.deps.config.protocols, targets: this.targets });
       }, delay);
     });
   }

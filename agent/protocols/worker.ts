@@ -25,7 +25,8 @@ export interface WorkerTarget extends ProxyTarget {
   enforce: boolean;
 }
 
-export type ToWorker = { type: 'targets'; config: ProtocolsConfig; targets: WorkerTarget[]; host?: string };
+/** The listeners bind to config.listenHost. */
+export type ToWorker = { type: 'targets'; config: ProtocolsConfig; targets: WorkerTarget[] };
 
 export type FromWorker =
   | { type: 'ready'; listening: string[]; failed: { key: string; error: string }[] }
@@ -83,7 +84,7 @@ function main(): void {
   const apply = async (m: ToWorker) => {
     relay ??= new ProxyRelay({
       config: m.config,
-      ...(m.host !== undefined ? { host: m.host } : {}),
+      host: m.config.listenHost,
       alert: (alert) => send({ type: 'alert', alert }),
       record: (record) => records.push(record),
       log,

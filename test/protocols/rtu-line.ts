@@ -182,7 +182,7 @@ export class ProxyWorker {
   /** Gives it targets and waits for its answer. */
   async targets(config: ProtocolsConfig, targets: WorkerTarget[]): Promise<Extract<FromWorker, { type: 'ready' }>> {
     const before = this.messages.length;
-    const m: ToWorker = { type: 'targets', config, targets, host: '127.0.0.1' };
+    const m: ToWorker = { type: 'targets', config: { ...config, listenHost: '127.0.0.1' }, targets };
     this.child.send(m);
     return this.until('ready', () => this.messages.slice(before).find((x): x is Extract<FromWorker, { type: 'ready' }> => x.type === 'ready'));
   }
